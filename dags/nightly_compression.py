@@ -1,0 +1,99 @@
+"""nightly_compression: new checkpoints → compressed variants → gates → MLflow registry.
+
+Wiring only. Every task calls one function in `tasks.pipeline`, which runs the same without
+Airflow (`slimline run`). Top-level code imports nothing heavy: the scheduler parses this often.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from tasks.settings import Settings
+
+SETTINGS = Settings()
+# Steps that touch the object store or the tracking server retry with back-off.
+NETWORK_RETRIES: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay": timedelta(seconds=20),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+
+@dag(
+    dag_id="nightly_compression",
+    schedule=SETTINGS.nightly_schedule,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["slimline"],
+    params={
+        "recipe": Param(str(SETTINGS.recipe), type="string", description="Recipe YAML path."),
+        "checkpoints": Param(
+            [], type="array", description="Checkpoint URIs to process; empty: discover new ones."
+        ),
+        "prefix": Param("", type="string", description="Store prefix to discover under."),
+    },
+    doc_md=__doc__,
+)
+def nightly_compression() -> None:
+    @task(**NETWORK_RETRIES)
+    def discover() -> list[str]:
+        from tasks.pipeline import discover
+
+        params = get_current_context()["params"]
+        if params["checkpoints"]:
+            return list(params["checkpoints"])
+        return discover(SETTINGS, Path(params["recipe"]), params["prefix"])
+
+    @task(**NETWORK_RETRIES)
+    def prepare(checkpoint_uri: str) -> dict[str, Any]:
+        from tasks.pipeline import prepare
+
+        context = get_current_context()
+        run_label = f"airflow:{context['dag_run'].run_id}"
+        recipe = Path(context["params"]["recipe"])
+        return prepare(SETTINGS, recipe, checkpoint_uri, run_label).model_dump(mode="json")
+
+    @task
+    def plan(prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from tasks.pipeline import Prepared, load_checked_recipe
+
+        jobs = []
+        for item in prepared:
+            ready = Prepared.model_validate(item)
+            recipe = load_checked_recipe(ready.recipe_path, ready.recipe_digest)
+            jobs += [{"prepared": item, "variant": v.name} for v in recipe.variants]
+        return jobs
+
+    @task(map_index_template="{{ task.op_kwargs['job']['variant'] }}")
+    def run_variant(job: dict[str, Any]) -> dict[str, Any]:
+        from tasks.pipeline import Prepared, run_variant
+
+        prepared = Prepared.model_validate(job["prepared"])
+        outcome = run_variant(SETTINGS, prepared, job["variant"])
+        return {"prepared": job["prepared"], "outcome": outcome.model_dump(mode="json")}
+
+    @task(**NETWORK_RETRIES)
+    def publish(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from tasks.pipeline import Prepared, VariantOutcome, publish
+
+        by_checkpoint: dict[str, tuple[Prepared, list[VariantOutcome]]] = {}
+        for item in results:
+            prepared = Prepared.model_validate(item["prepared"])
+            entry = by_checkpoint.setdefault(prepared.parent_run_id, (prepared, []))
+            entry[1].append(VariantOutcome.model_validate(item["outcome"]))
+        return [
+            publish(SETTINGS, prepared, outcomes).model_dump(mode="json")
+            for prepared, outcomes in by_checkpoint.values()
+        ]
+
+    prepared = prepare.expand(checkpoint_uri=discover())
+    publish(run_variant.expand(job=plan(prepared)))
+
+
+nightly_compression()

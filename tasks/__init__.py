@@ -1,0 +1,1 @@
+"""slimline: nightly compression and release pipeline for Transformer models."""

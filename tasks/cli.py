@@ -1,0 +1,191 @@
+"""The `slimline` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tasks.errors import SlimlineError
+from tasks.settings import Settings
+
+DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "minilm-sentiment.yaml"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {"home": args.home} if args.home else {}
+    return Settings(**overrides)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from tasks.demo import run_demo
+    from tasks.teacher import TeacherConfig
+
+    teacher = TeacherConfig(train_examples=args.teacher_examples, epochs=args.teacher_epochs)
+    result = run_demo(_settings(args), args.recipe, teacher, Console())
+    if args.json:
+        args.json.write_text(result.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tasks.pipeline import run_local
+    from tasks.report import print_summary
+
+    summary = run_local(_settings(args), args.recipe, args.checkpoint)
+    print_summary(summary)
+    return 0
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    from tasks.orchestration import dags_test
+
+    conf = {
+        "recipe": str(args.recipe.resolve()),
+        "checkpoints": args.checkpoint or [],
+        "prefix": args.prefix,
+    }
+    result = dags_test(_settings(args), "nightly_compression", conf)
+    print(f"DAG run {result.run_id}: {result.state} in {result.seconds:.0f}s; log {result.log_path}")
+    return 0
+
+
+def cmd_checkpoints_list(args: argparse.Namespace) -> int:
+    from tasks.checkpoints import fetch, list_checkpoints
+
+    settings = _settings(args)
+    found = list_checkpoints(settings, args.prefix)
+    rows = []
+    for info in found:
+        row = info.model_dump()
+        if args.digests:
+            row["digest"] = fetch(settings, info.uri).digest
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"no checkpoints under {settings.store_uri}/{args.prefix}".rstrip("/"))
+    for row in [] if args.json else rows:
+        digest = f"  sha256:{row['digest'][:16]}" if "digest" in row else ""
+        print(f"{row['uri']}  {row['files']} files  {row['size_bytes'] / 1e6:.1f} MB{digest}")
+    return 0
+
+
+def cmd_checkpoints_verify(args: argparse.Namespace) -> int:
+    from tasks.checkpoints import fetch
+
+    checkpoint = fetch(_settings(args), args.uri)
+    print(f"ok {checkpoint.uri} sha256:{checkpoint.digest} ({checkpoint.model_type}) -> {checkpoint.path}")
+    return 0
+
+
+def cmd_recipe_check(args: argparse.Namespace) -> int:
+    from tasks.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    print(
+        f"ok {args.recipe}: recipe {recipe.name}, {len(recipe.variants)} variants, "
+        f"digest {recipe.digest[:12]}"
+    )
+    return 0
+
+
+def cmd_techniques(args: argparse.Namespace) -> int:
+    from tasks.techniques import TECHNIQUES
+
+    for name, spec in sorted(TECHNIQUES.items()):
+        print(f"{name}  ({'/'.join(spec.accepts)} -> {spec.produces})  {spec.summary}")
+        for field, info in spec.config.model_fields.items():
+            print(f"    {field} = {info.default!r}  {info.description or ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slimline",
+        description="Nightly compression and release pipeline for Transformer models.",
+    )
+    parser.add_argument("--home", type=Path, help="slimline home (default $SLIMLINE_HOME or ./.slimline)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    recipe_help = f"recipe YAML (default {DEFAULT_RECIPE.relative_to(DEFAULT_RECIPE.parents[1])})"
+    demo = sub.add_parser(
+        "demo",
+        help="fine-tune the demo teacher and run the nightly DAG on it through Airflow",
+        description="Fine-tune MiniLM on the tweet corpus (cached), publish it to the checkpoint "
+        "store, run the nightly_compression DAG with `airflow dags test`, print the variant table.",
+    )
+    demo.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help=recipe_help)
+    demo.add_argument("--teacher-examples", type=int, default=6000, help="training tweets (default 6000)")
+    demo.add_argument("--teacher-epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
+    demo.add_argument("--json", type=Path, help="also write the result as JSON to this file")
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser(
+        "run",
+        help="run every step for one checkpoint in this process (no Airflow)",
+        description="The DAG's work for one checkpoint, in-process, for debugging.",
+    )
+    run.add_argument("--checkpoint", required=True, help="checkpoint URI (file://... or s3://...)")
+    run.add_argument("--recipe", type=Path, required=True, help="recipe YAML")
+    run.set_defaults(func=cmd_run)
+
+    nightly = sub.add_parser(
+        "nightly",
+        help="one real run of the nightly_compression DAG (airflow dags test)",
+        description="Discover new checkpoints (or take --checkpoint) and run the DAG once.",
+    )
+    nightly.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help=recipe_help)
+    nightly.add_argument("--checkpoint", action="append", help="checkpoint URI; repeatable")
+    nightly.add_argument("--prefix", default="", help="store prefix to discover under")
+    nightly.set_defaults(func=cmd_nightly)
+
+    checkpoints = sub.add_parser("checkpoints", help="list and verify checkpoints in the store")
+    csub = checkpoints.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = csub.add_parser("list", help="list checkpoints under a prefix of the store")
+    listing.add_argument("--prefix", default="", help="prefix inside the store")
+    listing.add_argument("--digests", action="store_true", help="fetch and verify each to show its digest")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=cmd_checkpoints_list)
+    verify = csub.add_parser("verify", help="fetch one checkpoint, verify it, print its digest")
+    verify.add_argument("uri", help="checkpoint URI")
+    verify.set_defaults(func=cmd_checkpoints_verify)
+
+    recipe = sub.add_parser("recipe", help="validate recipes")
+    rsub = recipe.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = rsub.add_parser("check", help="validate a recipe and print its digest")
+    check.add_argument("recipe", type=Path, help="recipe YAML")
+    check.set_defaults(func=cmd_recipe_check)
+
+    techniques = sub.add_parser("techniques", help="list the registered techniques and their configs")
+    techniques.set_defaults(func=cmd_techniques)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return int(args.func(args))
+    except SlimlineError as exc:
+        print(f"slimline: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("slimline: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The one exception hierarchy. The CLI prints `str(error)` on one line and exits non-zero."""
+
+
+class SlimlineError(Exception):
+    """Base of every error slimline raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(SlimlineError):
+    """A recipe, settings value or argument is invalid."""
+
+    exit_code = 2
+
+
+class StoreError(SlimlineError):
+    """The object store is unreachable or a key is missing."""
+
+    exit_code = 3
+
+
+class CheckpointRefused(SlimlineError):
+    """A checkpoint failed verification; nothing from it was executed."""
+
+    exit_code = 4
+
+
+class DataError(SlimlineError):
+    """A dataset is missing, malformed or does not match the recipe."""
+
+    exit_code = 5
+
+
+class TechniqueError(SlimlineError):
+    """A compression technique cannot be applied to its input."""
+
+    exit_code = 6
+
+
+class RegistryError(SlimlineError):
+    """The MLflow tracking server or registry refused an operation."""
+
+    exit_code = 7
+
+
+class OrchestrationError(SlimlineError):
+    """An Airflow command failed."""
+
+    exit_code = 8

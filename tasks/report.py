@@ -1,0 +1,60 @@
+"""The variant table, as the terminal shows it."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from tasks.pipeline import Summary
+
+
+def variant_table(summary: Summary) -> Table:
+    table = Table(
+        title=f"{summary.recipe} on checkpoint {summary.checkpoint_digest[:12]} ({summary.checkpoint_uri})",
+        title_justify="left",
+    )
+    for column, justify in (
+        ("variant", "left"),
+        ("runtime", "left"),
+        ("accuracy", "right"),
+        ("Δ acc pts [95% CI]", "right"),
+        ("p50 ms", "right"),
+        ("p95 ms", "right"),
+        ("size MB", "right"),
+        ("verdict", "left"),
+        ("reason", "left"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in summary.rows:
+        m = row.metrics
+        delta = (
+            "—"
+            if row.drop is None
+            else (f"{-row.drop.point:+.2f} [{-row.drop.high:+.2f}, {-row.drop.low:+.2f}]")
+        )
+        verdict = {None: "baseline", True: "[green]pass[/]", False: "[red]FAIL[/]"}[row.passed]
+        if row.version:
+            verdict += f" (v{row.version})"
+        table.add_row(
+            row.name,
+            m.runtime,
+            f"{m.accuracy:.4f}",
+            delta,
+            f"{m.latency_p50_ms:.2f}",
+            f"{m.latency_p95_ms:.2f}",
+            f"{m.size_bytes / 1e6:.1f}",
+            verdict,
+            row.reason,
+        )
+    return table
+
+
+def print_summary(summary: Summary, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(variant_table(summary))
+    new = ", ".join(f"v{v}" for v in summary.new_versions) or "none"
+    console.print(
+        f"registered model [bold]{summary.registered_model}[/]: new versions {new}; "
+        f"alias candidate → {('v' + summary.candidate) if summary.candidate else 'none'}; "
+        f"steps computed {summary.steps_computed}, reused {summary.steps_reused}"
+    )
