@@ -14,7 +14,6 @@ import os
 import shutil
 import struct
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel
@@ -57,14 +56,10 @@ class VerifiedCheckpoint(BaseModel):
     model_type: str
 
 
-@dataclass(frozen=True)
-class _Listing:
-    uri: str
-    objects: list[ObjectInfo]
-
-
-def _fingerprint(objects: list[ObjectInfo]) -> str:
-    lines = "".join(f"{o.key}\t{o.size}\t{o.etag}\n" for o in objects)
+def _fingerprint(objects: list[ObjectInfo], base: str = "") -> str:
+    """Keys (relative to the checkpoint folder), sizes and change tags of its objects."""
+    strip = len(base) + 1 if base else 0
+    lines = "".join(f"{o.key[strip:]}\t{o.size}\t{o.etag}\n" for o in objects)
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
@@ -104,7 +99,7 @@ def list_checkpoints(settings: Settings, prefix: str = "") -> list[CheckpointInf
                 name=name,
                 files=len(objects),
                 size_bytes=sum(o.size for o in objects),
-                fingerprint=_fingerprint(objects),
+                fingerprint=_fingerprint(objects, base),
             )
         )
     return found
@@ -240,7 +235,7 @@ def _fingerprint_index(settings: Settings) -> Path:
     return settings.cache_dir / "fingerprints.json"
 
 
-def _known_digest(settings: Settings, uri: str, fingerprint: str) -> str | None:
+def known_digest(settings: Settings, uri: str, fingerprint: str) -> str | None:
     index = _fingerprint_index(settings)
     if not index.exists():
         return None
@@ -285,7 +280,7 @@ def fetch(settings: Settings, uri: str) -> VerifiedCheckpoint:
             f"{settings.max_checkpoint_bytes} (SLIMLINE_MAX_CHECKPOINT_BYTES)"
         )
     fingerprint = _fingerprint(objects)
-    known = _known_digest(settings, uri, fingerprint)
+    known = known_digest(settings, uri, fingerprint)
     if known and (hit := _cached(settings, uri, known, size)):
         log.info("checkpoint %s unchanged, using cache %s", uri, hit.path)
         return hit

@@ -22,13 +22,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from tasks.demo import run_demo
+    from tasks.report import console
     from tasks.teacher import TeacherConfig
 
     teacher = TeacherConfig(train_examples=args.teacher_examples, epochs=args.teacher_epochs)
-    result = run_demo(_settings(args), args.recipe, teacher, Console())
+    result = run_demo(_settings(args), args.recipe, teacher, console())
     if args.json:
         args.json.write_text(result.model_dump_json(indent=2))
     return 0

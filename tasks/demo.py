@@ -18,7 +18,7 @@ from tasks.pipeline import Summary
 from tasks.recipe import load_recipe
 from tasks.report import print_summary
 from tasks.settings import Settings
-from tasks.store import open_store, upload_tree
+from tasks.store import FileStore, open_store, upload_tree
 from tasks.teacher import MODEL_SUBDIR, TeacherConfig, base_encoder_dir, finetune
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,9 @@ def publish_checkpoint(settings: Settings, folder: Path, name: str) -> str:
 
 def run_demo(settings: Settings, recipe_path: Path, teacher: TeacherConfig, console: Console) -> DemoResult:
     started = time.perf_counter()
-    if settings.store_uri.startswith("file://"):
-        Path(settings.store_uri.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    store = open_store(settings.store_uri, settings.s3_endpoint_url)
+    if isinstance(store, FileStore):
+        store.root.mkdir(parents=True, exist_ok=True)
     recipe = load_recipe(recipe_path)
     console.rule("1/3 teacher")
     split = prepare_splits(settings, recipe.dataset)

@@ -77,19 +77,22 @@ def judge(
     )
     failures: list[str] = []
     passes: list[str] = []
+
+    def check(ok: bool, text: str) -> None:
+        (passes if ok else failures).append(text)
+
     level = f"{round(100 * config.confidence)}%"
-    accuracy_reason = (
-        f"accuracy drop {drop.point:+.2f} pts, {level} CI [{drop.low:+.2f}, {drop.high:+.2f}] "
-        f"vs budget {config.max_accuracy_drop:.2f}"
+    ok = drop.high <= config.max_accuracy_drop
+    check(
+        ok, f"acc drop {level} upper {drop.high:+.2f} {'≤' if ok else '>'} {config.max_accuracy_drop:.2f} pts"
     )
-    (failures if drop.high > config.max_accuracy_drop else passes).append(accuracy_reason)
     if config.max_p95_latency_ms is not None:
-        reason = f"p95 {metrics.latency_p95_ms:.2f} ms vs budget {config.max_p95_latency_ms:.2f} ms"
-        (failures if metrics.latency_p95_ms > config.max_p95_latency_ms else passes).append(reason)
+        ok = metrics.latency_p95_ms <= config.max_p95_latency_ms
+        check(ok, f"p95 {metrics.latency_p95_ms:.2f} {'≤' if ok else '>'} {config.max_p95_latency_ms:.2f} ms")
     if config.max_size_mb is not None:
         size_mb = metrics.size_bytes / 1e6
-        reason = f"size {size_mb:.1f} MB vs budget {config.max_size_mb:.1f} MB"
-        (failures if size_mb > config.max_size_mb else passes).append(reason)
+        ok = size_mb <= config.max_size_mb
+        check(ok, f"size {size_mb:.1f} {'≤' if ok else '>'} {config.max_size_mb:.1f} MB")
     if failures:
         return Verdict(passed=False, reasons=[f"FAIL {r}" for r in failures], accuracy_drop=drop)
     return Verdict(passed=True, reasons=passes, accuracy_drop=drop)

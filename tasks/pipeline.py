@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from tasks import tracking
 from tasks.artifacts import StepResult, run_step
-from tasks.checkpoints import VerifiedCheckpoint, fetch, list_checkpoints
+from tasks.checkpoints import VerifiedCheckpoint, fetch, known_digest, list_checkpoints
 from tasks.data import prepare_splits
 from tasks.errors import ConfigError
 from tasks.evaluate import EvalMetrics, evaluate, metrics_of, read_predictions
@@ -91,12 +91,10 @@ def load_checked_recipe(path: Path, digest: str | None = None) -> Recipe:
 def discover(settings: Settings, recipe_path: Path, prefix: str = "") -> list[str]:
     """Checkpoints under `prefix` not yet processed with this recipe. A checkpoint whose
     listing changed since it was last fetched counts as new; `prepare` fetches and verifies."""
-    from tasks.checkpoints import _known_digest
-
     recipe = load_recipe(recipe_path)
     pending = []
     for info in list_checkpoints(settings, prefix):
-        digest = _known_digest(settings, info.uri, info.fingerprint)
+        digest = known_digest(settings, info.uri, info.fingerprint)
         if digest and tracking.processed(settings, recipe, digest):
             log.info("skipping %s: digest %s already processed", info.uri, digest[:12])
             continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
@@ -49,11 +51,16 @@ def variant_table(summary: Summary) -> Table:
     return table
 
 
-def print_summary(summary: Summary, console: Console | None = None) -> None:
-    console = console or Console()
-    console.print(variant_table(summary))
+def console() -> Console:
+    # Off a terminal rich assumes 80 columns, which folds the table; logs and CI are wider.
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def print_summary(summary: Summary, out: Console | None = None) -> None:
+    out = out or console()
+    out.print(variant_table(summary))
     new = ", ".join(f"v{v}" for v in summary.new_versions) or "none"
-    console.print(
+    out.print(
         f"registered model [bold]{summary.registered_model}[/]: new versions {new}; "
         f"alias candidate → {('v' + summary.candidate) if summary.candidate else 'none'}; "
         f"steps computed {summary.steps_computed}, reused {summary.steps_reused}"

@@ -132,6 +132,8 @@ class S3Store:
         pages = self._call("listing", lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)))
         for page in pages:
             for obj in page.get("Contents", []):
+                if obj["Key"].endswith("/"):
+                    continue  # a "folder" marker made by consoles, not an object
                 key = obj["Key"][len(self.base) + 1 :] if self.base else obj["Key"]
                 found.append(ObjectInfo(key=key, size=int(obj["Size"]), etag=obj["ETag"].strip('"')))
         return sorted(found, key=lambda o: o.key)

@@ -106,7 +106,7 @@ def finetune(
                     optimizer.step()
                     schedule.step()
                     optimizer.zero_grad()
-                    losses.append(float(loss))
+                    losses.append(loss.item())
                     progress.update()
                     progress.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
         model.eval()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,15 +32,23 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(home=home)
 
 
+@pytest.fixture(scope="session")
+def _tiny_checkpoint_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("template") / "ckpt-src")
+
+
 @pytest.fixture
-def tiny_checkpoint(tmp_path: Path) -> Path:
-    return make_checkpoint(tmp_path / "ckpt-src")
+def tiny_checkpoint(tmp_path: Path, _tiny_checkpoint_template: Path) -> Path:
+    """A fresh, writable copy of make_checkpoint()'s output (built once: it is deterministic)."""
+    return Path(shutil.copytree(_tiny_checkpoint_template, tmp_path / "ckpt-src"))
 
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
+    # One log record per HTTP request is noise in a failure report (and costs time).
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import random
 from pathlib import Path
+from typing import Any
 
 SPECIAL_TOKENS: list[str] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -30,17 +31,17 @@ _CUES: dict[str, list[str]] = {
     "positive": POSITIVE_WORDS,
 }
 # Filler words that carry no cue, so each text's label follows from exactly one cue word.
-_FILLER: list[str] = [
-    w for w in NEUTRAL_WORDS if w not in {"good", "bad", "not", *_CUES["neutral"]}
-]
+_FILLER: list[str] = [w for w in NEUTRAL_WORDS if w not in {"good", "bad", "not", *_CUES["neutral"]}]
 
 
-def make_checkpoint(
-    dest: Path, *, layers: int = 2, hidden: int = 32, heads: int = 2, seed: int = 0
-) -> Path:
+def make_checkpoint(dest: Path, *, layers: int = 2, hidden: int = 32, heads: int = 2, seed: int = 0) -> Path:
     """Write a tiny randomly initialised BERT sequence classifier (safetensors) and its tokenizer."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import (  # type: ignore[attr-defined]  # BertTokenizerFast: a lazy alias in v5
+        BertConfig,
+        BertForSequenceClassification,
+        BertTokenizerFast,
+    )
 
     dest.mkdir(parents=True, exist_ok=True)
     vocab_file = dest / "vocab.txt"
@@ -53,6 +54,12 @@ def make_checkpoint(
     if len(tokenizer) != len(VOCAB):  # pragma: no cover - guards against an API change
         raise RuntimeError(f"tokenizer has {len(tokenizer)} tokens, expected {len(VOCAB)}")
 
+    # Generic PretrainedConfig arguments, which BertConfig's typed signature does not list.
+    labels: dict[str, Any] = {
+        "num_labels": len(LABELS),
+        "id2label": dict(enumerate(LABELS)),
+        "label2id": {label: i for i, label in enumerate(LABELS)},
+    }
     config = BertConfig(
         vocab_size=len(VOCAB),
         hidden_size=hidden,
@@ -60,9 +67,7 @@ def make_checkpoint(
         num_attention_heads=heads,
         intermediate_size=hidden * 2,
         max_position_embeddings=128,
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={label: i for i, label in enumerate(LABELS)},
+        **labels,
     )
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config)

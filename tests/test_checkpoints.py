@@ -57,9 +57,8 @@ class Env:
         src.unlink()
 
 
-@pytest.fixture(params=["file", "s3"])
-def env(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> Env:
-    if request.param == "file":
+def _make_env(kind: str, request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> Env:
+    if kind == "file":
         root = tmp_path / "store"
         root.mkdir()
         configured = Settings(home=settings.home, checkpoint_store=root.as_uri())
@@ -72,8 +71,35 @@ def env(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> E
             s3_endpoint_url=endpoint,
         )
     store = open_store(configured.store_uri, configured.s3_endpoint_url)
-    assert isinstance(store, FileStore if request.param == "file" else S3Store)
-    return Env(settings=configured, store=store, kind=request.param)
+    assert isinstance(store, FileStore if kind == "file" else S3Store)
+    return Env(settings=configured, store=store, kind=kind)
+
+
+@pytest.fixture(params=["file", "s3"])
+def env(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> Env:
+    """A store of each kind; `indirect` parametrization may pick one."""
+    return _make_env(request.param, request, settings, tmp_path)
+
+
+@pytest.fixture
+def file_env(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> Env:
+    return _make_env("file", request, settings, tmp_path)
+
+
+@pytest.fixture
+def s3_env(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> Env:
+    return _make_env("s3", request, settings, tmp_path)
+
+
+def _variants(names: str, cases: list[tuple[Any, ...]], ids: list[str]) -> Any:
+    """Parametrize `env` plus `names`: every case on file://, the first case on S3 too.
+
+    Verification runs on the downloaded copy, so the variants only need one store; the first
+    case proves that the refusal holds when the bad input comes from S3.
+    """
+    params = [pytest.param("file", *case, id=f"file-{i}") for case, i in zip(cases, ids, strict=True)]
+    params.insert(1, pytest.param("s3", *cases[0], id=f"s3-{ids[0]}"))
+    return pytest.mark.parametrize(f"env,{names}", params, indirect=["env"])
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -163,10 +189,10 @@ def test_publish_list_fetch_round_trip(env: Env, tiny_checkpoint: Path) -> None:
     assert [p.name for p in env.settings.cache_dir.iterdir() if p.name.startswith(".")] == []
 
 
-def test_loadable_after_fetch(env: Env, tiny_checkpoint: Path) -> None:
+def test_loadable_after_fetch(file_env: Env, tiny_checkpoint: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    fetched = fetch(env.settings, env.publish(tiny_checkpoint))
+    fetched = fetch(file_env.settings, file_env.publish(tiny_checkpoint))
     tokenizer = AutoTokenizer.from_pretrained(fetched.path)
     model = AutoModelForSequenceClassification.from_pretrained(fetched.path)
     logits = model(**tokenizer(["i love the car"], return_tensors="pt")).logits
@@ -207,16 +233,12 @@ def test_changing_one_byte_changes_the_digest(env: Env, tiny_checkpoint: Path) -
     assert first.path.is_dir() and first.path != second.path
 
 
-def test_same_content_under_two_names_shares_one_cache_entry(
-    env: Env, tiny_checkpoint: Path
-) -> None:
+def test_same_content_under_two_names_shares_one_cache_entry(env: Env, tiny_checkpoint: Path) -> None:
     a = fetch(env.settings, env.publish(tiny_checkpoint, "ckpt-a"))
     b = fetch(env.settings, env.publish(tiny_checkpoint, "ckpt-b"))
     assert a.digest == b.digest and a.path == b.path and a.uri != b.uri
     assert [c.name for c in list_checkpoints(env.settings, PREFIX)] == ["ckpt-a", "ckpt-b"]
-    assert sorted(p.name for p in env.settings.cache_dir.iterdir()) == sorted(
-        [a.digest, "fingerprints.json"]
-    )
+    assert sorted(p.name for p in env.settings.cache_dir.iterdir()) == sorted([a.digest, "fingerprints.json"])
 
 
 def test_different_weights_have_different_digests(tmp_path: Path) -> None:
@@ -244,7 +266,11 @@ def test_pickle_payload_is_live(tmp_path: Path) -> None:
     assert marker.exists()
 
 
-@pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt", "weights.pkl", "sub/opt.pth"])
+@_variants(
+    "name",
+    [("pytorch_model.bin",), ("model.pt",), ("weights.pkl",), ("sub/opt.pth",)],
+    ids=["bin", "pt", "pkl", "nested-pth"],
+)
 def test_pickle_weights_are_refused_unread(
     env: Env, tiny_checkpoint: Path, tmp_path: Path, name: str
 ) -> None:
@@ -305,10 +331,10 @@ def test_python_files_are_refused_unexecuted(
     ],
 )
 def test_s3_keys_escaping_the_checkpoint_are_refused(
-    env: Env, tiny_checkpoint: Path, tmp_path: Path, planted: str, listed: str
+    s3_env: Env, tiny_checkpoint: Path, tmp_path: Path, planted: str, listed: str
 ) -> None:
-    if env.kind != "s3":
-        pytest.skip("only S3 keys are arbitrary strings; file:// is covered by the symlink tests")
+    """S3 keys are arbitrary strings; file:// cannot hold such names (see the symlink tests)."""
+    env = s3_env
     uri = env.publish(tiny_checkpoint)
     env.plant(f"{PREFIX}/{NAME}/{planted}", b'{"evil": true}', tmp_path)
 
@@ -320,12 +346,12 @@ def test_s3_keys_escaping_the_checkpoint_are_refused(
 
     message = _refused(env, uri, "escapes the checkpoint folder")
     assert repr(listed) in message
-    assert not any(p.name.endswith("evil.json") for p in env.settings.home.rglob("*"))
+    # Nothing was written where the key points (above the staging folder, or the home).
+    assert not any(p.name.endswith("evil.json") for p in tmp_path.rglob("*"))
 
 
-def test_file_store_does_not_follow_symlinks(env: Env, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    if env.kind != "file":
-        pytest.skip("symlinks exist only in a file:// store")
+def test_file_store_does_not_follow_symlinks(file_env: Env, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    env = file_env
     secret = tmp_path / "outside" / "secret.txt"
     secret.parent.mkdir()
     secret.write_text("TOP SECRET outside the store")
@@ -344,10 +370,9 @@ def test_file_store_does_not_follow_symlinks(env: Env, tiny_checkpoint: Path, tm
 
 
 def test_file_store_symlinked_weights_are_not_fetched(
-    env: Env, tiny_checkpoint: Path, tmp_path: Path
+    file_env: Env, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    if env.kind != "file":
-        pytest.skip("symlinks exist only in a file:// store")
+    env = file_env
     outside = tmp_path / "outside.safetensors"
     shutil.move(tiny_checkpoint / "model.safetensors", outside)
     (tiny_checkpoint / "model.safetensors").symlink_to(outside)
@@ -362,7 +387,7 @@ def test_verify_folder_refuses_symlinks(tiny_checkpoint: Path, tmp_path: Path) -
     secret = tmp_path / "secret.txt"
     secret.write_text("TOP SECRET")
     (tiny_checkpoint / "notes.txt").symlink_to(secret)
-    with pytest.raises(CheckpointRefused, match="'notes.txt' is a symbolic link") as info:
+    with pytest.raises(CheckpointRefused, match=r"'notes\.txt' is a symbolic link") as info:
         verify_folder("file:///local/ckpt", tiny_checkpoint)
     assert str(info.value).startswith("checkpoint file:///local/ckpt: ")
 
@@ -383,8 +408,8 @@ def test_missing_config_is_refused(env: Env, tiny_checkpoint: Path) -> None:
     _refused(env, env.publish(tiny_checkpoint, last=None), "config.json is missing")
 
 
-@pytest.mark.parametrize(
-    ("content", "phrase"),
+@_variants(
+    "content,phrase",
     [
         (b"{not json", "config.json is not valid JSON"),
         (b"\xff\xfe\x00garbage", "config.json is not valid JSON"),
@@ -397,9 +422,7 @@ def test_missing_config_is_refused(env: Env, tiny_checkpoint: Path) -> None:
     ],
     ids=["syntax", "binary", "empty", "list", "string", "gpt2", "newline", "no-model-type"],
 )
-def test_malformed_config_is_refused(
-    env: Env, tiny_checkpoint: Path, content: bytes, phrase: str
-) -> None:
+def test_malformed_config_is_refused(env: Env, tiny_checkpoint: Path, content: bytes, phrase: str) -> None:
     (tiny_checkpoint / "config.json").write_bytes(content)
     _refused(env, env.publish(tiny_checkpoint), phrase)
 
@@ -420,14 +443,12 @@ def test_truncated_safetensors_is_refused(env: Env, tiny_checkpoint: Path) -> No
     assert "model.safetensors" in message
 
 
-def test_safetensors_shorter_than_its_length_field_is_refused(
-    env: Env, tiny_checkpoint: Path
-) -> None:
+def test_safetensors_shorter_than_its_length_field_is_refused(env: Env, tiny_checkpoint: Path) -> None:
     (tiny_checkpoint / "model.safetensors").write_bytes(b"\x10\x00")
     _refused(env, env.publish(tiny_checkpoint), "model.safetensors is truncated (no header)")
 
 
-@pytest.mark.parametrize("header_len", [2**63, 2**40, 100 * 1024 * 1024 + 1])
+@_variants("header_len", [(2**63,), (2**40,), (100 * 1024 * 1024 + 1,)], ids=["2^63", "2^40", "limit+1"])
 def test_safetensors_with_a_huge_header_length_is_refused(
     env: Env, tiny_checkpoint: Path, header_len: int
 ) -> None:
@@ -437,9 +458,15 @@ def test_safetensors_with_a_huge_header_length_is_refused(
     _refused(env, env.publish(tiny_checkpoint), f"header of {header_len} bytes")
 
 
-@pytest.mark.parametrize(
+@_variants(
     "header",
-    [b"this is not json", b"\xff\xfe\xfd\xfc", b"[1, 2, 3]", b'{"w": 5}', b'{"w": {"dtype": "F32"}}'],
+    [
+        (b"this is not json",),
+        (b"\xff\xfe\xfd\xfc",),
+        (b"[1, 2, 3]",),
+        (b'{"w": 5}',),
+        (b'{"w": {"dtype": "F32"}}',),
+    ],
     ids=["text", "binary", "list", "entry-not-object", "no-offsets"],
 )
 def test_safetensors_with_a_malformed_header_is_refused(

@@ -1,0 +1,88 @@
+"""The nightly DAG, parsed by Airflow and run for real with `airflow dags test` on SQLite."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from mlflow import MlflowClient
+
+from tasks.errors import OrchestrationError
+from tasks.orchestration import DAGS_DIR, airflow_environment, dags_test
+from tests.tiny import publish, write_tiny_recipe
+
+PARSE = """
+import json
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder={folder!r})
+dag = bag.dags.get("nightly_compression")
+print(json.dumps({{
+    "errors": {{k: str(v) for k, v in bag.import_errors.items()}},
+    "tasks": sorted(dag.task_ids) if dag else [],
+    "schedule": str(dag.schedule) if dag else None,
+    "retries": dag.get_task("prepare").retries if dag else None,
+}}))
+"""
+
+
+def test_dag_files_import_without_errors(settings):
+    out = subprocess.run(
+        [sys.executable, "-c", PARSE.format(folder=str(DAGS_DIR))],
+        env=airflow_environment(settings),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    parsed = json.loads(out.strip().splitlines()[-1])
+    assert parsed["errors"] == {}
+    assert parsed["tasks"] == ["discover", "plan", "prepare", "publish", "run_variant"]
+    assert parsed["schedule"] == "0 2 * * *"
+    assert parsed["retries"] == 3
+
+
+def test_nightly_dag_run_registers_with_lineage_and_is_idempotent(settings, tiny_checkpoint, tmp_path):
+    recipe = write_tiny_recipe(tmp_path / "recipe")
+    uri = publish(settings, tiny_checkpoint, "nightly/tiny")
+
+    first = dags_test(settings, "nightly_compression", {"recipe": str(recipe), "prefix": "nightly"})
+    assert first.state == "success"
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    versions = {str(v.version): v for v in client.search_model_versions("name = 'tiny-sentiment'")}
+    assert sorted(versions) == ["1", "2"]
+    for version in versions.values():
+        tags = version.tags
+        assert tags["slimline.checkpoint_uri"] == uri
+        assert len(tags["slimline.checkpoint_digest"]) == 64
+        assert tags["slimline.recipe_name"] == "tiny"
+        assert len(tags["slimline.recipe_digest"]) == 64
+        assert len(tags["slimline.dataset_digest"]) == 64
+        assert tags["slimline.code_commit"]
+        assert tags["slimline.gate"].startswith("passed:")
+        run = client.get_run(tags["slimline.run_id"])
+        assert run.data.tags["slimline.variant"] == tags["slimline.variant"]
+        parent = client.get_run(tags["slimline.parent_run_id"])
+        assert parent.data.tags["slimline.run_label"] == first.run_label
+        assert parent.info.status == "FINISHED"
+    candidate = client.get_model_version_by_alias("tiny-sentiment", "candidate")
+    assert str(candidate.version) == "2"
+    assert first.peak_rss_mb > 0 and first.log_path.exists()
+
+    # Nothing new in the store: the next night discovers nothing and registers nothing.
+    second = dags_test(settings, "nightly_compression", {"recipe": str(recipe), "prefix": "nightly"})
+    assert second.state == "success" and second.run_id != first.run_id
+    assert len(client.search_model_versions("name = 'tiny-sentiment'")) == 2
+    assert "discovered 0 checkpoint(s)" in second.log_path.read_text()
+
+
+def test_dag_run_refuses_a_pickle_checkpoint(settings, tiny_checkpoint, tmp_path):
+    recipe = write_tiny_recipe(tmp_path / "recipe")
+    (tiny_checkpoint / "model.safetensors").unlink()
+    (tiny_checkpoint / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
+    uri = publish(settings, tiny_checkpoint, "nightly/evil")
+    conf = {"recipe": str(recipe), "checkpoints": [uri]}
+    with pytest.raises(OrchestrationError, match=r"CheckpointRefused: checkpoint .*pickle") as caught:
+        dags_test(settings, "nightly_compression", conf, echo=False)
+    assert "\n" not in str(caught.value)
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    assert client.search_registered_models() == []
+    assert not any((settings.cache_dir).glob("[0-9a-f]*"))

@@ -1,0 +1,105 @@
+"""The whole pipeline in one process (`slimline run`), on file:// and on S3 (moto server)."""
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from tasks.errors import CheckpointRefused
+from tasks.pipeline import discover, run_local
+from tasks.settings import Settings
+from tests.tiny import publish, write_tiny_recipe
+
+
+def registry(settings: Settings) -> MlflowClient:
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+@pytest.mark.parametrize("store", ["file", "s3"])
+def test_run_registers_passing_variants_once(store, settings, tiny_checkpoint, tmp_path, request):
+    if store == "s3":
+        endpoint = request.getfixturevalue("moto_endpoint")
+        bucket = request.getfixturevalue("s3_bucket")
+        settings = Settings(
+            home=settings.home, checkpoint_store=f"s3://{bucket}/models", s3_endpoint_url=endpoint
+        )
+    recipe = write_tiny_recipe(tmp_path / "recipe")
+    uri = publish(settings, tiny_checkpoint, "nightly/tiny-a")
+
+    first = run_local(settings, recipe, uri)
+    assert [r.name for r in first.rows] == ["baseline", "onnx-fp32", "onnx-int8-dynamic"]
+    assert all(r.passed for r in first.rows[1:])
+    assert sorted(first.new_versions) == ["1", "2"]
+    # Passing versions are registered slowest first, so the newest is the fastest: the candidate.
+    fastest = min(first.rows[1:], key=lambda r: r.metrics.latency_p50_ms)
+    assert first.candidate == fastest.version == "2"
+    assert first.steps_computed == 6 and first.steps_reused == 1
+
+    client = registry(settings)
+    versions = client.search_model_versions("name = 'tiny-sentiment'")
+    assert len(versions) == 2
+    tags = client.get_model_version("tiny-sentiment", "2").tags
+    assert tags["slimline.checkpoint_uri"] == uri
+    assert tags["slimline.checkpoint_digest"] == first.checkpoint_digest
+    assert tags["slimline.variant"] == fastest.name
+    assert tags["slimline.gate"].startswith("passed: acc drop 95% upper")
+    for key in ("recipe_digest", "dataset_digest", "code_commit", "run_id", "parent_run_id", "steps"):
+        assert tags[f"slimline.{key}"], key
+    assert str(client.get_model_version_by_alias("tiny-sentiment", "candidate").version) == "2"
+    child = client.get_run(tags["slimline.run_id"])
+    assert child.data.tags["mlflow.parentRunId"] == first.parent_run_id
+    assert child.data.metrics["accuracy"] == fastest.metrics.accuracy
+    artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert {"predictions", "manifests", "model"} <= artifacts
+
+    second = run_local(settings, recipe, uri)
+    assert second.new_versions == []
+    assert second.steps_computed == 0 and second.steps_reused == 7
+    assert len(client.search_model_versions("name = 'tiny-sentiment'")) == 2
+    assert second.candidate == "2"
+    assert discover(settings, recipe, "nightly") == []
+
+
+def test_failing_variant_is_logged_but_never_registered(settings, tiny_checkpoint, tmp_path):
+    # A 0.05 MB size budget fails every variant; each still has its run, none is registered.
+    recipe = write_tiny_recipe(tmp_path / "recipe", max_size_mb=0.05)
+    uri = publish(settings, tiny_checkpoint, "nightly/tiny-b")
+    summary = run_local(settings, recipe, uri)
+    assert [r.passed for r in summary.rows[1:]] == [False, False]
+    assert all("FAIL size" in r.reason for r in summary.rows[1:])
+    assert summary.new_versions == [] and summary.candidate is None
+    client = registry(settings)
+    assert client.search_registered_models() == [] or not client.search_model_versions(
+        "name = 'tiny-sentiment'"
+    )
+    parent = client.get_run(summary.parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{summary.parent_run_id}'"
+    )
+    assert {c.data.tags["slimline.passed"] for c in children} == {"False"}
+
+
+def test_discover_skips_processed_and_sees_new(settings, tiny_checkpoint, tmp_path):
+    recipe = write_tiny_recipe(tmp_path / "recipe")
+    uri = publish(settings, tiny_checkpoint, "nightly/tiny-c")
+    assert discover(settings, recipe, "nightly") == [uri]
+    run_local(settings, recipe, uri)
+    assert discover(settings, recipe, "nightly") == []
+    # A changed file makes it new again.
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    config["label2id"] = dict(reversed(list(config["label2id"].items())))
+    (tiny_checkpoint / "config.json").write_text(json.dumps(config))
+    publish(settings, tiny_checkpoint, "nightly/tiny-c")
+    assert discover(settings, recipe, "nightly") == [uri]
+
+
+def test_refused_checkpoint_registers_nothing(settings, tiny_checkpoint, tmp_path):
+    recipe = write_tiny_recipe(tmp_path / "recipe")
+    (tiny_checkpoint / "pytorch_model.bin").write_bytes(b"not even a pickle")
+    uri = publish(settings, tiny_checkpoint, "nightly/evil")
+    with pytest.raises(CheckpointRefused, match="pickle"):
+        run_local(settings, recipe, uri)
+    assert not (settings.home / "mlflow.db").exists() or not registry(settings).search_model_versions(
+        "name = 'tiny-sentiment'"
+    )
+    assert not (settings.home / "artifacts").exists()

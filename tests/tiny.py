@@ -1,0 +1,46 @@
+"""A tiny recipe and store layout for pipeline, DAG and CLI tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.settings import Settings
+from tasks.store import open_store, upload_tree
+from tests.factories import LABELS, make_dataset
+
+
+def write_tiny_recipe(folder: Path, **gates: Any) -> Path:
+    """A recipe over a generated 240-row dataset, with both demo variants."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = make_dataset(folder / "tweets.csv")
+    recipe = {
+        "name": "tiny",
+        "description": "tiny BERT for tests",
+        "registered_model": "tiny-sentiment",
+        "dataset": {"source": str(data), "labels": LABELS, "eval_size": 60, "calibration_size": 20},
+        "evaluation": {"batch_size": 16, "latency_samples": 20, "warmup": 2},
+        "gates": {"max_accuracy_drop": 5.0, "bootstrap_resamples": 300, **gates},
+        "targets": [{"name": "cpu", "runtime": "onnxruntime", "precision": "int8"}],
+        "variants": [
+            {"name": "onnx-fp32", "steps": [{"technique": "export.onnx"}]},
+            {
+                "name": "onnx-int8-dynamic",
+                "steps": [{"technique": "export.onnx"}, {"technique": "quantize.onnx_dynamic_int8"}],
+            },
+        ],
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def publish(settings: Settings, source: Path, key: str) -> str:
+    """Upload a checkpoint folder under `key` of the settings' store; return its URI."""
+    if settings.store_uri.startswith("file://"):
+        Path(settings.store_uri.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    store = open_store(settings.store_uri, settings.s3_endpoint_url)
+    upload_tree(store, source, key, last="config.json")
+    return f"{store.uri}/{key}"
