@@ -1,0 +1,38 @@
+# slimline: `make demo` runs the main job, `make test` runs every test. Both build the
+# environment first if it is missing or older than pyproject.toml.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: env demo test test-fast lint clean
+
+env: $(STAMP)
+
+# torch==2.13.0 first, spelled exactly so: the CPU wheel on these machines. Any other
+# spelling (or a package that wants a newer torch) pulls several GB of CUDA packages.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: env
+	$(BIN)/slimline demo
+
+# Everything: lint, type checks, unit and integration tests, and the slow real-model demo.
+test: env lint
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -m 'slow or not slow' --durations=15
+
+# Unit and integration tests without the real-model demo.
+test-fast: env
+	HF_HUB_OFFLINE=1 $(BIN)/pytest
+
+lint: env
+	$(BIN)/ruff check tasks dags tests
+	$(BIN)/ruff format --check tasks dags tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .slimline .mypy_cache .ruff_cache .pytest_cache
