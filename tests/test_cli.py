@@ -69,7 +69,9 @@ def test_list_verify_and_run(settings, tiny_checkpoint, tmp_path, capsys):
 
 def test_refused_checkpoint_exit_4(settings, tiny_checkpoint, capsys):
     config = tiny_checkpoint / "config.json"
-    config.write_text(config.read_text().replace('"model_type"', '"auto_map": {"AutoModel": "x.Y"}, "model_type"'))
+    config.write_text(
+        config.read_text().replace('"model_type"', '"auto_map": {"AutoModel": "x.Y"}, "model_type"')
+    )
     uri = publish(settings, tiny_checkpoint, "nightly/remote-code")
     assert main(["--home", str(settings.home), "checkpoints", "verify", uri]) == 4
     err = capsys.readouterr().err.strip()
