@@ -6,12 +6,16 @@ Airflow (`slimline run`). Top-level code imports nothing heavy: the scheduler pa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
+from tasks.errors import SlimlineError
 from tasks.settings import Settings
 
 SETTINGS = Settings()
@@ -22,6 +26,17 @@ NETWORK_RETRIES: dict[str, Any] = {
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=10),
 }
+
+
+@contextmanager
+def fail_fast_on_permanent_errors() -> Iterator[None]:
+    """A refused checkpoint or a bad recipe fails the same way on every try: no retries."""
+    try:
+        yield
+    except SlimlineError as exc:
+        if exc.transient:
+            raise
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
 @dag(
@@ -48,7 +63,8 @@ def nightly_compression() -> None:
         params = get_current_context()["params"]
         if params["checkpoints"]:
             return list(params["checkpoints"])
-        return discover(SETTINGS, Path(params["recipe"]), params["prefix"])
+        with fail_fast_on_permanent_errors():
+            return discover(SETTINGS, Path(params["recipe"]), params["prefix"])
 
     @task(**NETWORK_RETRIES)
     def prepare(checkpoint_uri: str) -> dict[str, Any]:
@@ -57,7 +73,8 @@ def nightly_compression() -> None:
         context = get_current_context()
         run_label = f"airflow:{context['dag_run'].run_id}"
         recipe = Path(context["params"]["recipe"])
-        return prepare(SETTINGS, recipe, checkpoint_uri, run_label).model_dump(mode="json")
+        with fail_fast_on_permanent_errors():
+            return prepare(SETTINGS, recipe, checkpoint_uri, run_label).model_dump(mode="json")
 
     @task
     def plan(prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -87,10 +104,11 @@ def nightly_compression() -> None:
             prepared = Prepared.model_validate(item["prepared"])
             entry = by_checkpoint.setdefault(prepared.parent_run_id, (prepared, []))
             entry[1].append(VariantOutcome.model_validate(item["outcome"]))
-        return [
-            publish(SETTINGS, prepared, outcomes).model_dump(mode="json")
-            for prepared, outcomes in by_checkpoint.values()
-        ]
+        with fail_fast_on_permanent_errors():
+            return [
+                publish(SETTINGS, prepared, outcomes).model_dump(mode="json")
+                for prepared, outcomes in by_checkpoint.values()
+            ]
 
     prepared = prepare.expand(checkpoint_uri=discover())
     publish(run_variant.expand(job=plan(prepared)))

@@ -2,9 +2,14 @@
 
 
 class SlimlineError(Exception):
-    """Base of every error slimline raises on purpose."""
+    """Base of every error slimline raises on purpose.
+
+    `transient` errors (an unreachable store or server) are worth retrying; the rest (a bad
+    recipe, a refused checkpoint) fail the same way every time, so orchestrators fail fast.
+    """
 
     exit_code = 1
+    transient = False
 
 
 class ConfigError(SlimlineError):
@@ -17,6 +22,7 @@ class StoreError(SlimlineError):
     """The object store is unreachable or a key is missing."""
 
     exit_code = 3
+    transient = True
 
 
 class CheckpointRefused(SlimlineError):
@@ -41,6 +47,7 @@ class RegistryError(SlimlineError):
     """The MLflow tracking server or registry refused an operation."""
 
     exit_code = 7
+    transient = True
 
 
 class OrchestrationError(SlimlineError):

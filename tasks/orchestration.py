@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tasks.errors import OrchestrationError
+from tasks.errors import OrchestrationError, SlimlineError
 from tasks.settings import Settings
 from tasks.version import REPO_DIR
 
@@ -131,9 +131,16 @@ def dags_test(settings: Settings, dag_id: str, conf: dict[str, Any], echo: bool 
 
 
 def _first_error(log_path: Path) -> str:
-    """The first error a task raised, for the one-line message."""
-    pattern = re.compile(r"(tasks\.errors\.\w+|\w+Error|\w+Exception): (.+)")
-    for line in log_path.read_text(errors="replace").splitlines():
-        if match := pattern.search(line):
-            return f"{match[1].rsplit('.', 1)[-1]}: {match[2].strip()}"[:500]
+    """The first error a task raised, for the one-line message: slimline's own errors first
+    (they say what is wrong and what is allowed), else any exception line."""
+    ours = "|".join(sorted(_error_names(SlimlineError)))
+    lines = log_path.read_text(errors="replace").splitlines()
+    for pattern in (rf"\b({ours}): (.+)", r"(\w+Error|\w+Exception): (.+)"):
+        for line in lines:
+            if match := re.search(pattern, line):
+                return f"{match[1]}: {match[2].strip()}"[:500]
     return "a task failed"
+
+
+def _error_names(cls: type[SlimlineError]) -> set[str]:
+    return {cls.__name__}.union(*(_error_names(sub) for sub in cls.__subclasses__()))
