@@ -13,8 +13,6 @@ from pathlib import Path
 from tasks.errors import SlimlineError
 from tasks.settings import Settings
 
-DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "minilm-sentiment.yaml"
-
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {"home": args.home} if args.home else {}
@@ -27,7 +25,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tasks.teacher import TeacherConfig
 
     teacher = TeacherConfig(train_examples=args.teacher_examples, epochs=args.teacher_epochs)
-    result = run_demo(_settings(args), args.recipe, teacher, console())
+    settings = _settings(args)
+    result = run_demo(settings, args.recipe or settings.recipe, teacher, console())
     if args.json:
         args.json.write_text(result.model_dump_json(indent=2))
     return 0
@@ -45,12 +44,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_nightly(args: argparse.Namespace) -> int:
     from tasks.orchestration import dags_test
 
+    settings = _settings(args)
     conf = {
-        "recipe": str(args.recipe.resolve()),
+        "recipe": str((args.recipe or settings.recipe).resolve()),
         "checkpoints": args.checkpoint or [],
         "prefix": args.prefix,
     }
-    result = dags_test(_settings(args), "nightly_compression", conf)
+    result = dags_test(settings, "nightly_compression", conf)
     print(f"DAG run {result.run_id}: {result.state} in {result.seconds:.0f}s; log {result.log_path}")
     return 0
 
@@ -114,14 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    recipe_help = f"recipe YAML (default {DEFAULT_RECIPE.relative_to(DEFAULT_RECIPE.parents[1])})"
+    recipe_help = "recipe YAML (default $SLIMLINE_RECIPE or recipes/minilm-sentiment.yaml)"
     demo = sub.add_parser(
         "demo",
         help="fine-tune the demo teacher and run the nightly DAG on it through Airflow",
         description="Fine-tune MiniLM on the tweet corpus (cached), publish it to the checkpoint "
         "store, run the nightly_compression DAG with `airflow dags test`, print the variant table.",
     )
-    demo.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help=recipe_help)
+    demo.add_argument("--recipe", type=Path, help=recipe_help)
     demo.add_argument("--teacher-examples", type=int, default=6000, help="training tweets (default 6000)")
     demo.add_argument("--teacher-epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
     demo.add_argument("--json", type=Path, help="also write the result as JSON to this file")
@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one real run of the nightly_compression DAG (airflow dags test)",
         description="Discover new checkpoints (or take --checkpoint) and run the DAG once.",
     )
-    nightly.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help=recipe_help)
+    nightly.add_argument("--recipe", type=Path, help=recipe_help)
     nightly.add_argument("--checkpoint", action="append", help="checkpoint URI; repeatable")
     nightly.add_argument("--prefix", default="", help="store prefix to discover under")
     nightly.set_defaults(func=cmd_nightly)

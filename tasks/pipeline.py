@@ -21,7 +21,7 @@ from tasks.evaluate import model_size_bytes as weights_bytes
 from tasks.gates import Interval, Verdict, judge
 from tasks.recipe import Recipe, load_recipe
 from tasks.settings import Settings
-from tasks.techniques import ModelRef, get_technique
+from tasks.techniques import ModelRef, TechniqueContext, get_technique
 from tasks.version import code_commit
 
 log = logging.getLogger(__name__)
@@ -150,23 +150,36 @@ def prepare(settings: Settings, recipe_path: Path, checkpoint_uri: str, run_labe
 
 
 def compress(
-    settings: Settings, recipe: Recipe, variant: str, checkpoint: VerifiedCheckpoint
+    settings: Settings, recipe: Recipe, variant: str, checkpoint: VerifiedCheckpoint, split: StepResult
 ) -> tuple[ModelRef, list[StepResult]]:
-    """Apply the variant's techniques in order, each a cached step keyed by its input model."""
-    model = ModelRef(path=checkpoint.path, format="hf")
-    key = checkpoint.digest
+    """Apply the variant's techniques in order, each a cached step keyed by its input model
+    (and, for techniques that read data, by the split and the teacher checkpoint)."""
+    teacher = ModelRef(path=checkpoint.path, format="hf")
+    context = TechniqueContext(
+        split_dir=split.path,
+        split_key=split.key,
+        labels=recipe.dataset.labels,
+        max_length=recipe.dataset.max_length,
+        teacher=teacher,
+        teacher_key=checkpoint.digest,
+        artifacts_dir=settings.artifacts_dir,
+    )
+    model, key = teacher, checkpoint.digest
     results = []
     for step in recipe.variant(variant).steps:
         spec = get_technique(step.technique)
         config = spec.config.model_validate(step.config)
+        inputs = {"model": key}
+        if spec.uses_data:
+            inputs |= {"split": split.key, "teacher": checkpoint.digest}
 
         def work(
             out: Path, source: ModelRef = model, cfg: Any = config, run: Any = spec.run
         ) -> dict[str, Any]:
-            produced = run(source, cfg, out)
+            produced = run(source, cfg, out, context)
             return {"format": produced.format, "size_bytes": weights_bytes(out)}
 
-        result = run_step(settings.artifacts_dir, f"technique/{spec.name}", config, {"model": key}, work)
+        result = run_step(settings.artifacts_dir, f"technique/{spec.name}", config, inputs, work)
         results.append(result)
         model, key = ModelRef(path=result.path, format=spec.produces), result.key
     return model, results
@@ -176,7 +189,7 @@ def run_variant(settings: Settings, prepared: Prepared, variant: str) -> Variant
     """Compress, evaluate and gate one variant, and log it as a child run."""
     started = time.perf_counter()
     recipe = load_checked_recipe(prepared.recipe_path, prepared.recipe_digest)
-    model, step_results = compress(settings, recipe, variant, prepared.checkpoint)
+    model, step_results = compress(settings, recipe, variant, prepared.checkpoint, prepared.split)
     evaluation = evaluate(
         settings, model, step_results[-1].key, prepared.split, recipe.dataset, recipe.evaluation
     )

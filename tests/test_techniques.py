@@ -10,10 +10,17 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tasks.errors import ConfigError, TechniqueError
 from tasks.evaluate import OnnxPredictor, model_size_bytes
-from tasks.techniques import TECHNIQUES, ModelRef, get_technique
+from tasks.techniques import TECHNIQUES, ModelRef, TechniqueContext, get_technique
 from tasks.techniques.onnx_export import OnnxExportConfig, export_onnx
-from tasks.techniques.onnx_quantize import DynamicInt8Config, quantize_dynamic_int8
+from tasks.techniques.onnx_optimize import OrtFusionConfig, ort_fusions
+from tasks.techniques.onnx_quantize import (
+    DynamicInt8Config,
+    StaticInt8Config,
+    quantize_dynamic_int8,
+    quantize_static_int8,
+)
 from tests.factories import make_checkpoint
+from tests.tiny import make_context
 
 TEXTS = ["i love this great car", "i hate the bad traffic", "the car is a car", "good"]
 
@@ -32,11 +39,21 @@ def onnx_logits(folder: Path, texts: list[str]) -> np.ndarray:
 
 
 @pytest.fixture
-def exported(tmp_path) -> ModelRef:
-    source = make_checkpoint(tmp_path / "hf", layers=2, hidden=64, heads=4)
+def context(tmp_path) -> TechniqueContext:
+    return make_context(tmp_path / "data", make_checkpoint(tmp_path / "hf", layers=2, hidden=64, heads=4))
+
+
+@pytest.fixture
+def exported(tmp_path, context) -> ModelRef:
     out = tmp_path / "onnx"
     out.mkdir()
-    return export_onnx(ModelRef(path=source, format="hf"), OnnxExportConfig(), out)
+    return export_onnx(context.teacher, OnnxExportConfig(), out, context)
+
+
+def out_dir(tmp_path, name: str):
+    path = tmp_path / name
+    path.mkdir()
+    return path
 
 
 def test_registry_names_what_recipes_use():
@@ -45,7 +62,7 @@ def test_registry_names_what_recipes_use():
         get_technique("prune.magic")
 
 
-def test_export_matches_pytorch_with_dynamic_axes(exported, tmp_path):
+def test_export_matches_pytorch_with_dynamic_axes(exported, context):
     graph = onnx.load(str(exported.path / "model.onnx"))
     onnx.checker.check_model(graph)
     dims = graph.graph.input[0].type.tensor_type.shape.dim
@@ -53,14 +70,13 @@ def test_export_matches_pytorch_with_dynamic_axes(exported, tmp_path):
     assert (exported.path / "tokenizer.json").exists() and (exported.path / "config.json").exists()
     # Batch and sequence lengths other than the export sample's, both ways: within 1e-4.
     for texts in (TEXTS, TEXTS[:1], [" ".join(TEXTS * 3)]):
-        expected = torch_logits(tmp_path / "hf", texts)
+        expected = torch_logits(context.teacher.path, texts)
         np.testing.assert_allclose(onnx_logits(exported.path, texts), expected, atol=1e-4)
 
 
-def test_dynamic_int8_is_smaller_and_close(exported, tmp_path):
-    out = tmp_path / "int8"
-    out.mkdir()
-    quantized = quantize_dynamic_int8(exported, DynamicInt8Config(), out)
+def test_dynamic_int8_is_smaller_and_close(exported, tmp_path, context):
+    out = out_dir(tmp_path, "int8")
+    quantized = quantize_dynamic_int8(exported, DynamicInt8Config(), out, context)
     assert quantized.format == "onnx"
     assert model_size_bytes(out) < 0.6 * model_size_bytes(exported.path)
     ops = {node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node}
@@ -70,18 +86,48 @@ def test_dynamic_int8_is_smaller_and_close(exported, tmp_path):
     np.testing.assert_allclose(onnx_logits(out, TEXTS), reference, atol=0.05)
 
 
-def test_quantize_rejects_a_folder_without_a_graph(tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    out = tmp_path / "out"
-    out.mkdir()
+def test_quantize_rejects_a_folder_without_a_graph(tmp_path, context):
+    empty = ModelRef(path=out_dir(tmp_path, "empty"), format="onnx")
     with pytest.raises(TechniqueError, match=r"quantize\.onnx_dynamic_int8 failed"):
-        quantize_dynamic_int8(ModelRef(path=empty, format="onnx"), DynamicInt8Config(), out)
+        quantize_dynamic_int8(empty, DynamicInt8Config(), out_dir(tmp_path, "out"), context)
+
+
+def test_fusions_fuse_attention_and_layer_norm_and_keep_outputs(exported, tmp_path, context):
+    out = out_dir(tmp_path, "fused")
+    ort_fusions(exported, OrtFusionConfig(), out, context)
+    ops = {node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node}
+    assert {"Attention", "SkipLayerNormalization"} <= ops
+    assert "Softmax" not in ops
+    for texts in (TEXTS, TEXTS[:1]):
+        np.testing.assert_allclose(onnx_logits(out, texts), onnx_logits(exported.path, texts), atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_static_int8_is_qdq_calibrated_and_close(exported, tmp_path, context, method):
+    out = out_dir(tmp_path, f"static-{method}")
+    quantize_static_int8(exported, StaticInt8Config(method=method, calibration_examples=16), out, context)
+    ops = [node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node]
+    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
+    assert model_size_bytes(out) < 0.6 * model_size_bytes(exported.path)
+    # Calibrated INT8 activations and weights on a random tiny model: stated tolerance 0.1.
+    np.testing.assert_allclose(onnx_logits(out, TEXTS), onnx_logits(exported.path, TEXTS), atol=0.1)
+
+
+def test_static_int8_needs_calibration_examples(exported, tmp_path):
+    context = make_context(tmp_path / "nocalib", exported.path, calibration=0)
+    with pytest.raises(TechniqueError, match=r"set dataset\.calibration_size > 0"):
+        quantize_static_int8(exported, StaticInt8Config(), out_dir(tmp_path, "out"), context)
 
 
 @pytest.mark.parametrize(
     ("config", "field"),
-    [(OnnxExportConfig, {"opset": 30}), (DynamicInt8Config, {"weight_type": "int4"})],
+    [
+        (OnnxExportConfig, {"opset": 30}),
+        (DynamicInt8Config, {"weight_type": "int4"}),
+        (StaticInt8Config, {"method": "kl"}),
+        (StaticInt8Config, {"calibration_examples": 2}),
+        (OrtFusionConfig, {"attention": "sometimes"}),
+    ],
 )
 def test_configs_reject_out_of_range_values(config, field):
     with pytest.raises(ValueError, match=next(iter(field))):

@@ -7,8 +7,11 @@ from typing import Any
 
 import yaml
 
+from tasks.data import read_examples, split
+from tasks.recipe import DatasetConfig
 from tasks.settings import Settings
 from tasks.store import open_store, upload_tree
+from tasks.techniques import ModelRef, TechniqueContext
 from tests.factories import LABELS, make_dataset
 
 
@@ -44,3 +47,23 @@ def publish(settings: Settings, source: Path, key: str) -> str:
     store = open_store(settings.store_uri, settings.s3_endpoint_url)
     upload_tree(store, source, key, last="config.json")
     return f"{store.uri}/{key}"
+
+
+def make_context(folder: Path, checkpoint: Path, calibration: int = 20) -> TechniqueContext:
+    """A real split of the generated dataset, and `checkpoint` as the teacher."""
+    data = make_dataset(folder / "tweets.csv")
+    config = DatasetConfig(source=str(data), labels=LABELS, eval_size=40, calibration_size=calibration)
+    parts = split(read_examples(data, config), config)
+    split_dir = folder / "split"
+    split_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in parts.items():
+        (split_dir / f"{name}.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in rows))
+    return TechniqueContext(
+        split_dir=split_dir,
+        split_key="test-split",
+        labels=LABELS,
+        max_length=32,
+        teacher=ModelRef(path=checkpoint, format="hf"),
+        teacher_key="test-teacher",
+        artifacts_dir=folder / "artifacts",
+    )

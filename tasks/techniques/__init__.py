@@ -1,8 +1,10 @@
 """The technique catalogue: each compression step a recipe can name, with its typed config.
 
-A technique is a function `run(model, config, output_dir) -> model` registered under the
-name recipes use. Modules here import only pydantic at import time; torch, transformers
-and onnxruntime are imported inside `run`, so loading a recipe (or parsing a DAG) stays cheap.
+A technique is a function `run(model, config, output_dir, context) -> model` registered
+under the name recipes use; `context` gives data-driven techniques (calibration, pruning,
+distillation) the data split and the original checkpoint as teacher. Modules here import
+only pydantic at import time; torch, transformers and onnxruntime are imported inside
+`run`, so loading a recipe (or parsing a DAG) stays cheap.
 """
 
 from __future__ import annotations
@@ -27,6 +29,18 @@ class ModelRef(BaseModel):
     format: ModelFormat
 
 
+class TechniqueContext(BaseModel):
+    """What a technique may read besides its input model."""
+
+    split_dir: Path  # train.jsonl, eval.jsonl, calibration.jsonl (see tasks.data)
+    split_key: str  # digest of the split, for keys of intermediate artifacts
+    labels: list[str]
+    max_length: int
+    teacher: ModelRef  # the checkpoint the variant starts from
+    teacher_key: str  # its content digest
+    artifacts_dir: Path  # root for intermediate artifacts (tasks.artifacts.run_step)
+
+
 class TechniqueConfig(BaseModel):
     """Base of technique configs: unknown fields are errors, so a typo fails at load time."""
 
@@ -34,7 +48,7 @@ class TechniqueConfig(BaseModel):
 
 
 C = TypeVar("C", bound=TechniqueConfig)
-RunFn = Callable[[ModelRef, Any, Path], ModelRef]
+RunFn = Callable[[ModelRef, Any, Path, TechniqueContext], ModelRef]
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,7 @@ class Technique:
     config: type[TechniqueConfig]
     accepts: tuple[ModelFormat, ...]
     produces: ModelFormat
+    uses_data: bool  # reads the split or the teacher: its cache key must include them
     run: RunFn
 
     @property
@@ -53,15 +68,20 @@ class Technique:
 TECHNIQUES: dict[str, Technique] = {}
 
 
+TypedRun = Callable[[ModelRef, C, Path, TechniqueContext], ModelRef]
+
+
 def technique(
-    name: str, config: type[C], accepts: tuple[ModelFormat, ...], produces: ModelFormat
-) -> Callable[[Callable[[ModelRef, C, Path], ModelRef]], Callable[[ModelRef, C, Path], ModelRef]]:
+    name: str,
+    config: type[C],
+    accepts: tuple[ModelFormat, ...],
+    produces: ModelFormat,
+    uses_data: bool = False,
+) -> Callable[[TypedRun[C]], TypedRun[C]]:
     """Register `run` under `name`; recipes refer to it by that name."""
 
-    def register(
-        run: Callable[[ModelRef, C, Path], ModelRef],
-    ) -> Callable[[ModelRef, C, Path], ModelRef]:
-        TECHNIQUES[name] = Technique(name, config, accepts, produces, run)
+    def register(run: TypedRun[C]) -> TypedRun[C]:
+        TECHNIQUES[name] = Technique(name, config, accepts, produces, uses_data, run)
         return run
 
     return register
@@ -75,14 +95,16 @@ def get_technique(name: str) -> Technique:
 
 
 # Registration happens on import; these modules are cheap to import.
-from tasks.techniques import onnx_export, onnx_quantize  # noqa: E402
+from tasks.techniques import onnx_export, onnx_optimize, onnx_quantize  # noqa: E402
 
 __all__ = [
     "TECHNIQUES",
     "ModelRef",
     "Technique",
     "TechniqueConfig",
+    "TechniqueContext",
     "get_technique",
     "onnx_export",
+    "onnx_optimize",
     "onnx_quantize",
 ]

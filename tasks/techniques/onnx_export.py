@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field
 
 from tasks.errors import TechniqueError
-from tasks.techniques import ModelRef, TechniqueConfig, technique
+from tasks.techniques import ModelRef, TechniqueConfig, TechniqueContext, technique
 
 ONNX_FILE = "model.onnx"
 # Files that travel with every model folder so the next step can tokenize and name labels.
@@ -32,7 +32,9 @@ class OnnxExportConfig(TechniqueConfig):
 
 
 @technique("export.onnx", OnnxExportConfig, accepts=("hf",), produces="onnx")
-def export_onnx(model: ModelRef, config: OnnxExportConfig, output_dir: Path) -> ModelRef:
+def export_onnx(
+    model: ModelRef, config: OnnxExportConfig, output_dir: Path, context: TechniqueContext
+) -> ModelRef:
     """Export with torch.onnx (TorchScript exporter), eager attention, logits as the one output."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

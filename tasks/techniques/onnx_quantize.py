@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from tasks.errors import TechniqueError
-from tasks.techniques import ModelRef, TechniqueConfig, technique
+from tasks.techniques import ModelRef, TechniqueConfig, TechniqueContext, technique
 from tasks.techniques.onnx_export import ONNX_FILE, copy_sidecars
 
 
@@ -22,7 +22,9 @@ class DynamicInt8Config(TechniqueConfig):
 
 
 @technique("quantize.onnx_dynamic_int8", DynamicInt8Config, accepts=("onnx",), produces="onnx")
-def quantize_dynamic_int8(model: ModelRef, config: DynamicInt8Config, output_dir: Path) -> ModelRef:
+def quantize_dynamic_int8(
+    model: ModelRef, config: DynamicInt8Config, output_dir: Path, context: TechniqueContext
+) -> ModelRef:
     """Quantize MatMul/Gemm weights to INT8 with onnxruntime.quantization.quantize_dynamic."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -37,5 +39,98 @@ def quantize_dynamic_int8(model: ModelRef, config: DynamicInt8Config, output_dir
         )
     except Exception as exc:  # onnxruntime raises plain Exceptions
         raise TechniqueError(f"quantize.onnx_dynamic_int8 failed for {model.path}: {exc}") from exc
+    copy_sidecars(model.path, output_dir)
+    return ModelRef(path=output_dir, format="onnx")
+
+
+class StaticInt8Config(TechniqueConfig):
+    calibration_examples: int = Field(
+        256, ge=8, le=100_000, description="Calibration examples read from the calibration split."
+    )
+    method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="How activation ranges are chosen from the calibration run."
+    )
+    percentile: float = Field(99.999, gt=90, le=100, description="Range percentile (method=percentile).")
+    per_channel: bool = Field(True, description="One weight scale per output channel.")
+    activation_symmetric: bool = Field(False, description="Symmetric INT8 activations (else UINT8).")
+    reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI.")
+
+
+@technique("quantize.onnx_static_int8", StaticInt8Config, accepts=("onnx",), produces="onnx", uses_data=True)
+def quantize_static_int8(
+    model: ModelRef, config: StaticInt8Config, output_dir: Path, context: TechniqueContext
+) -> ModelRef:
+    """Static INT8 in QDQ format with onnxruntime.quantization.quantize_static, activation
+    ranges calibrated on the recipe's calibration split."""
+    import tempfile
+
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from transformers import AutoTokenizer
+
+    from tasks.data import load_split
+
+    examples = load_split(context.split_dir, "calibration")[: config.calibration_examples]
+    if not examples:
+        raise TechniqueError(
+            "quantize.onnx_static_int8 needs calibration examples; set dataset.calibration_size > 0"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(model.path, trust_remote_code=False)
+    graph_inputs = {
+        i.name for i in onnx.load(str(model.path / ONNX_FILE), load_external_data=False).graph.input
+    }
+
+    class Calibration(CalibrationDataReader):
+        """Batch-1 requests, as the edge runtime will see them."""
+
+        def __init__(self) -> None:
+            self.items = iter(examples)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            example = next(self.items, None)
+            if example is None:
+                return None
+            encoded = tokenizer(
+                [example.text], truncation=True, max_length=context.max_length, return_tensors="np"
+            )
+            return {k: np.asarray(v, dtype=np.int64) for k, v in encoded.items() if k in graph_inputs}
+
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[config.method]
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        try:
+            quant_pre_process(str(model.path / ONNX_FILE), str(prepared), skip_symbolic_shape=True)
+            quantize_static(
+                prepared,
+                output_dir / ONNX_FILE,
+                Calibration(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=config.per_channel,
+                reduce_range=config.reduce_range,
+                activation_type=QuantType.QInt8 if config.activation_symmetric else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=method,
+                extra_options={
+                    "ActivationSymmetric": config.activation_symmetric,
+                    "CalibPercentile": config.percentile,
+                    "CalibTensorRangeSymmetric": config.activation_symmetric,
+                },
+            )
+        except TechniqueError:
+            raise
+        except Exception as exc:  # onnxruntime raises plain Exceptions
+            raise TechniqueError(f"quantize.onnx_static_int8 failed for {model.path}: {exc}") from exc
     copy_sidecars(model.path, output_dir)
     return ModelRef(path=output_dir, format="onnx")

@@ -1,0 +1,59 @@
+"""`optimize.ort_fusions`: ONNX Runtime's transformer graph fusions (attention, LayerNorm with
+residual, GELU with bias, embedding LayerNorm), applied before quantization so the quantizer
+and the runtime see fused operators."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from pydantic import Field
+
+from tasks.errors import TechniqueError
+from tasks.techniques import ModelRef, TechniqueConfig, TechniqueContext, technique
+from tasks.techniques.onnx_export import ONNX_FILE, copy_sidecars
+
+log = logging.getLogger(__name__)
+
+
+class OrtFusionConfig(TechniqueConfig):
+    attention: bool = Field(True, description="Fuse self-attention into one Attention operator.")
+    layer_norm: bool = Field(True, description="Fuse LayerNorm (and residual adds: SkipLayerNorm).")
+    gelu: bool = Field(True, description="Fuse GELU (and its bias: BiasGelu).")
+    embed_layer_norm: bool = Field(True, description="Fuse embeddings and their LayerNorm.")
+
+
+@technique("optimize.ort_fusions", OrtFusionConfig, accepts=("onnx",), produces="onnx")
+def ort_fusions(
+    model: ModelRef, config: OrtFusionConfig, output_dir: Path, context: TechniqueContext
+) -> ModelRef:
+    """Fuse transformer subgraphs with onnxruntime.transformers.optimizer (python fusions)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    hf_config = json.loads((model.path / "config.json").read_text())
+    options = FusionOptions("bert")
+    options.enable_attention = config.attention
+    options.enable_layer_norm = config.layer_norm
+    options.enable_skip_layer_norm = config.layer_norm
+    options.enable_gelu = config.gelu
+    options.enable_bias_gelu = config.gelu
+    options.enable_embed_layer_norm = config.embed_layer_norm
+    try:
+        optimized = optimize_model(
+            str(model.path / ONNX_FILE),
+            model_type="bert",
+            num_heads=int(hf_config["num_attention_heads"]),
+            hidden_size=int(hf_config["hidden_size"]),
+            optimization_options=options,
+            opt_level=0,  # graph fusions in python only; the runtime applies its own at load
+        )
+        optimized.save_model_to_file(str(output_dir / ONNX_FILE))
+    except Exception as exc:  # the optimizer raises many unrelated types
+        raise TechniqueError(f"optimize.ort_fusions failed for {model.path}: {exc}") from exc
+    fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+    log.info("fused operators: %s", fused)
+    (output_dir / "fusions.json").write_text(json.dumps(fused, indent=2))
+    copy_sidecars(model.path, output_dir)
+    return ModelRef(path=output_dir, format="onnx")
