@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: env demo test test-fast lint clean
+.PHONY: env demo test test-fast lint bench chart clean
 
 env: $(STAMP)
 
@@ -30,9 +30,18 @@ test-fast: env
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
 
 lint: env
-	$(BIN)/ruff check tasks dags tests
-	$(BIN)/ruff format --check tasks dags tests
+	$(BIN)/ruff check tasks dags tests bench
+	$(BIN)/ruff format --check tasks dags tests bench
 	$(BIN)/mypy
+
+# Every recipe variant on the demo teacher, latency measured side by side in one process:
+# bench/results/compression.json and compression.png (not a timed test).
+bench: env
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/compression.py
+
+# Redraw the chart from the committed JSON.
+chart: env
+	$(BIN)/python bench/compression.py --chart
 
 clean:
 	rm -rf $(VENV) .slimline .mypy_cache .ruff_cache .pytest_cache

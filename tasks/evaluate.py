@@ -89,25 +89,42 @@ def model_size_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.name.endswith(WEIGHT_SUFFIXES))
 
 
-def _percentile_ms(samples_ns: list[int], q: float) -> float:
+def percentile_ms(samples_ns: list[int], q: float) -> float:
     return round(float(np.percentile(np.asarray(samples_ns) / 1e6, q)), 4)
+
+
+class Encoder:
+    """The model's own tokenizer, truncating as the recipe says, giving int64 arrays."""
+
+    def __init__(self, path: Path, max_length: int) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        self.max_length = max_length
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        encoded = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
+        )
+        return {k: np.asarray(v, dtype=np.int64) for k, v in encoded.items()}
+
+
+def time_requests(predictor: Predictor, requests: list[dict[str, np.ndarray]]) -> list[int]:
+    """Nanoseconds per request, one request at a time, as an edge device serves them."""
+    timings = []
+    for request in requests:
+        started = time.perf_counter_ns()
+        predictor.logits(request)
+        timings.append(time.perf_counter_ns() - started)
+    return timings
 
 
 def measure(
     model: ModelRef, examples: list[Example], dataset: DatasetConfig, config: EvaluationConfig
 ) -> tuple[EvalMetrics, np.ndarray]:
     """Run the model over `examples`; return metrics and the logits (examples × classes)."""
-    from transformers import AutoTokenizer
-
-    tokenizer: Any = AutoTokenizer.from_pretrained(model.path, trust_remote_code=False)
+    encode = Encoder(model.path, dataset.max_length)
     predictor = load_predictor(model, config.threads)
-
-    def encode(texts: list[str]) -> dict[str, np.ndarray]:
-        encoded = tokenizer(
-            texts, padding=True, truncation=True, max_length=dataset.max_length, return_tensors="np"
-        )
-        return {k: np.asarray(v, dtype=np.int64) for k, v in encoded.items()}
-
     texts = [e.text for e in examples]
     chunks = []
     for start in tqdm(
@@ -117,13 +134,8 @@ def measure(
     logits = np.concatenate(chunks)
 
     singles = [encode([t]) for t in texts[: max(config.latency_samples, config.warmup)]]
-    for batch in singles[: config.warmup]:
-        predictor.logits(batch)
-    timings = []
-    for batch in singles[: config.latency_samples]:
-        started = time.perf_counter_ns()
-        predictor.logits(batch)
-        timings.append(time.perf_counter_ns() - started)
+    time_requests(predictor, singles[: config.warmup])
+    timings = time_requests(predictor, singles[: config.latency_samples])
 
     labels = np.array([e.label for e in examples])
     predicted = logits.argmax(axis=1)
@@ -135,8 +147,8 @@ def measure(
         examples=len(examples),
         accuracy=round(float((predicted == labels).mean()), 6),
         recall_per_class=recall,
-        latency_p50_ms=_percentile_ms(timings, 50),
-        latency_p95_ms=_percentile_ms(timings, 95),
+        latency_p50_ms=percentile_ms(timings, 50),
+        latency_p95_ms=percentile_ms(timings, 95),
         size_bytes=model_size_bytes(model.path),
         runtime=predictor.runtime,
     )

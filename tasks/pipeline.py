@@ -51,6 +51,7 @@ class VariantOutcome(BaseModel):
     run_id: str
     steps_computed: int
     steps_reused: int
+    produce_seconds: float  # compute time of its technique steps, when they were computed
     seconds: float
 
 
@@ -233,6 +234,7 @@ def run_variant(settings: Settings, prepared: Prepared, variant: str) -> Variant
         run_id=run_id,
         steps_computed=computed,
         steps_reused=reused,
+        produce_seconds=round(sum(r.manifest.seconds for r in step_results), 1),
         seconds=round(time.perf_counter() - started, 2),
     )
 

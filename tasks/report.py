@@ -11,7 +11,7 @@ from tasks.gates import Interval
 from tasks.pipeline import Summary
 
 
-def _signed_interval(drop: Interval) -> str:
+def signed_interval(drop: Interval) -> str:
     """The change as variant − baseline, in points (`+ 0.0` turns -0.00 into +0.00)."""
     low, point, high = (-v + 0.0 for v in (drop.high, drop.point, drop.low))
     return f"{point:+.2f} [{low:+.2f}, {high:+.2f}]"
@@ -36,7 +36,7 @@ def variant_table(summary: Summary) -> Table:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for row in summary.rows:
         m = row.metrics
-        delta = "—" if row.drop is None else _signed_interval(row.drop)
+        delta = "—" if row.drop is None else signed_interval(row.drop)
         verdict = {None: "baseline", True: "[green]pass[/]", False: "[red]FAIL[/]"}[row.passed]
         if row.version:
             verdict += f" (v{row.version})"

@@ -84,9 +84,11 @@ def quantize_static_int8(
             "quantize.onnx_static_int8 needs calibration examples; set dataset.calibration_size > 0"
         )
     tokenizer = AutoTokenizer.from_pretrained(model.path, trust_remote_code=False)
-    graph_inputs = {
-        i.name for i in onnx.load(str(model.path / ONNX_FILE), load_external_data=False).graph.input
-    }
+    graph = onnx.load(str(model.path / ONNX_FILE), load_external_data=False).graph
+    graph_inputs = {i.name for i in graph.input}
+    # The pooler and classifier heads are a sliver of the compute and the most sensitive to
+    # rounding; they stay FP32 (calibrated ranges there can also collapse on fused graphs).
+    head_nodes = [n.name for n in graph.node if "pooler" in n.name or "classifier" in n.name]
 
     class Calibration(CalibrationDataReader):
         """Batch-1 requests, as the edge runtime will see them."""
@@ -99,7 +101,13 @@ def quantize_static_int8(
             if example is None:
                 return None
             encoded = tokenizer(
-                [example.text], truncation=True, max_length=context.max_length, return_tensors="np"
+                [example.text],
+                truncation=True,
+                max_length=context.max_length,
+                # Histogram calibrators stack activations across requests, so their shapes
+                # must agree; min/max ranges take each request at its own length.
+                padding="max_length" if config.method != "minmax" else False,
+                return_tensors="np",
             )
             return {k: np.asarray(v, dtype=np.int64) for k, v in encoded.items() if k in graph_inputs}
 
@@ -111,7 +119,13 @@ def quantize_static_int8(
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         try:
-            quant_pre_process(str(model.path / ONNX_FILE), str(prepared), skip_symbolic_shape=True)
+            quant_pre_process(
+                str(model.path / ONNX_FILE),
+                str(prepared),
+                # Graph optimization belongs to optimize.ort_fusions; here only shapes are inferred.
+                skip_optimization=True,
+                skip_symbolic_shape=True,
+            )
             quantize_static(
                 prepared,
                 output_dir / ONNX_FILE,
@@ -122,6 +136,10 @@ def quantize_static_int8(
                 activation_type=QuantType.QInt8 if config.activation_symmetric else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=method,
+                # The matrix products carry the compute; element-wise ops stay FP32. This also
+                # keeps the attention mask bias (about -3.4e38) out of the histograms.
+                op_types_to_quantize=["MatMul", "Gemm", "Attention"],
+                nodes_to_exclude=head_nodes,
                 extra_options={
                     "ActivationSymmetric": config.activation_symmetric,
                     "CalibPercentile": config.percentile,

@@ -1,0 +1,224 @@
+"""Compression benchmark: every variant of a recipe on the demo teacher, side by side.
+
+Accuracy and its paired 95% interval come from the pipeline's own evaluation and gates;
+latency is measured again here for all models in one process, interleaved round by round,
+so every row sees the same machine conditions. The reference row is ONNX Runtime dynamic
+INT8 of the full model (`onnx-int8-dynamic`), the default a team would pick.
+
+    python bench/compression.py            # run, write bench/results/compression.json + .png
+    python bench/compression.py --chart    # redraw the chart from the JSON only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REFERENCE = "onnx-int8-dynamic"
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    from tasks.data import load_split, prepare_splits
+    from tasks.demo import publish_checkpoint
+    from tasks.evaluate import Encoder, load_predictor, metrics_of, percentile_ms, time_requests
+    from tasks.pipeline import prepare, publish, run_variant
+    from tasks.recipe import load_recipe
+    from tasks.settings import Settings
+    from tasks.store import FileStore, open_store
+    from tasks.teacher import MODEL_SUBDIR, TeacherConfig, base_encoder_dir, finetune
+    from tasks.techniques import ModelRef
+
+    settings = Settings(**({"home": args.home} if args.home else {}))
+    recipe = load_recipe(args.recipe)
+    store = open_store(settings.store_uri, settings.s3_endpoint_url)
+    if isinstance(store, FileStore):
+        store.root.mkdir(parents=True, exist_ok=True)
+    split = prepare_splits(settings, recipe.dataset)
+    teacher = finetune(settings.artifacts_dir, TeacherConfig(), recipe.dataset, split, base_encoder_dir())
+    uri = publish_checkpoint(settings, teacher.path / MODEL_SUBDIR, f"{recipe.name}-teacher")
+
+    prepared = prepare(settings, args.recipe, uri, run_label=f"bench-{datetime.now(UTC):%Y%m%dT%H%M%S}")
+    outcomes = [run_variant(settings, prepared, v.name) for v in recipe.variants]
+    summary = publish(settings, prepared, outcomes)
+
+    models = {"baseline": ModelRef(path=prepared.checkpoint.path, format="hf")}
+    models |= {o.variant: o.model for o in outcomes}
+    texts = [e.text for e in load_split(split.path, "eval")[: args.samples]]
+    requests, predictors = {}, {}
+    for name, model in models.items():
+        encode = Encoder(model.path, recipe.dataset.max_length)
+        requests[name] = [encode([t]) for t in texts]
+        predictors[name] = load_predictor(model, recipe.evaluation.threads)
+        time_requests(predictors[name], requests[name][: recipe.evaluation.warmup])
+    timings: dict[str, list[int]] = {name: [] for name in models}
+    round_p50: dict[str, list[float]] = {name: [] for name in models}
+    chunk = -(-len(texts) // args.rounds)
+    for round_index in range(args.rounds):
+        part = slice(round_index * chunk, (round_index + 1) * chunk)
+        for name in models:  # interleaved: every model sees this round's conditions
+            measured = time_requests(predictors[name], requests[name][part])
+            timings[name] += measured
+            round_p50[name].append(percentile_ms(measured, 50))
+        print(f"round {round_index + 1}/{args.rounds} done", flush=True)
+
+    produce = {o.variant: o.produce_seconds for o in outcomes}
+    rows = []
+    for row in summary.rows:
+        metrics = row.metrics
+        rows.append(
+            {
+                "name": row.name,
+                "steps": next((o.steps for o in outcomes if o.variant == row.name), []),
+                "runtime": metrics.runtime,
+                "accuracy": metrics.accuracy,
+                "drop_pts": row.drop.model_dump() if row.drop else None,
+                "p50_ms": percentile_ms(timings[row.name], 50),
+                "p95_ms": percentile_ms(timings[row.name], 95),
+                "p50_ms_per_round": round_p50[row.name],
+                "size_mb": round(metrics.size_bytes / 1e6, 2),
+                "passed": row.passed,
+                "reason": row.reason,
+                "produce_seconds": produce.get(row.name),
+            }
+        )
+    reference_p50 = percentile_ms(timings[REFERENCE], 50)
+    for entry in rows:
+        entry["speedup_vs_reference"] = round(
+            reference_p50 / percentile_ms(timings[str(entry["name"])], 50), 2
+        )
+    return {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__,
+        },
+        "recipe": recipe.name,
+        "recipe_digest": recipe.digest,
+        "checkpoint_digest": prepared.checkpoint.digest,
+        "eval_examples": metrics_of(prepared.baseline).examples,
+        "latency": {"batch": 1, "samples": len(texts), "rounds": args.rounds, "interleaved": True},
+        "reference": REFERENCE,
+        "rows": rows,
+    }
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    reference = next(r for r in results["rows"] if r["name"] == results["reference"])
+    for row in results["rows"]:
+        colour = {True: "tab:green", False: "tab:red", None: "tab:blue"}[row["passed"]]
+        ax.scatter(
+            row["p50_ms"],
+            100 * row["accuracy"],
+            s=8 * row["size_mb"] + 20,
+            facecolors=colour if row["passed"] is not False else "none",
+            edgecolors=colour,
+            linewidths=1.5,
+            alpha=0.7,
+        )
+        ax.annotate(
+            row["name"],
+            (row["p50_ms"], 100 * row["accuracy"]),
+            fontsize=8,
+            xytext=(6, 6),
+            textcoords="offset points",
+        )
+    ax.axvline(reference["p50_ms"] / 2, color="grey", linestyle="--", linewidth=1)
+    ax.text(
+        reference["p50_ms"] / 2,
+        ax.get_ylim()[0],
+        " 2× faster than reference",
+        fontsize=8,
+        color="grey",
+        va="bottom",
+    )
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
+    ax.set_ylabel(f"accuracy on {results['eval_examples']} held-out tweets (%)")
+    ax.set_title(
+        f"{results['recipe']}: accuracy vs latency (marker area ∝ size on disk)\n"
+        f"green = passed its gates, hollow red = failed, blue = baseline; {results['machine']['cpu']}, "
+        f"{results['machine']['cores']} cores",
+        fontsize=9,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def table(results: dict[str, Any]) -> str:
+    from tasks.gates import Interval
+    from tasks.report import signed_interval
+
+    lines = [
+        "| variant | accuracy | Δ vs teacher, pts [95% CI] | p50 ms | p95 ms | speed-up vs ref | size MB "
+        "| produce s | gate |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in results["rows"]:
+        delta = "—" if r["drop_pts"] is None else signed_interval(Interval.model_validate(r["drop_pts"]))
+        gate = {None: "baseline", True: "pass", False: "fail"}[r["passed"]]
+        lines.append(
+            f"| {r['name']} | {r['accuracy']:.4f} | {delta} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
+            f"{r['speedup_vs_reference']:.2f}× | {r['size_mb']:.1f} | {r['produce_seconds'] or '—'} "
+            f"| {gate} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--home", type=Path, help="slimline home (default $SLIMLINE_HOME or ./.slimline)")
+    parser.add_argument(
+        "--recipe",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "recipes" / "minilm-sentiment.yaml",
+    )
+    parser.add_argument("--samples", type=int, default=300, help="batch-1 requests per model")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--chart", action="store_true", help="only redraw the chart from the JSON")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / "compression.json"
+    if args.chart:
+        results = json.loads(json_path.read_text())
+    else:
+        results = run(args)
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+    chart(results, RESULTS / "compression.png")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
