@@ -44,14 +44,13 @@ class TorchPredictor:
 
     def __init__(self, path: Path, threads: int) -> None:
         import torch
-        from transformers import AutoModelForSequenceClassification
+
+        from tasks.techniques.prune import load_classifier
 
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, use_safetensors=True, trust_remote_code=False
-        ).eval()
+        self.model = load_classifier(path, remove_pruned_heads=True)
 
     def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         with self._torch.inference_mode():

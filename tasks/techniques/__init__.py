@@ -95,7 +95,7 @@ def get_technique(name: str) -> Technique:
 
 
 # Registration happens on import; these modules are cheap to import.
-from tasks.techniques import onnx_export, onnx_optimize, onnx_quantize  # noqa: E402
+from tasks.techniques import distill, onnx_export, onnx_optimize, onnx_quantize, prune, vocab  # noqa: E402
 
 __all__ = [
     "TECHNIQUES",
@@ -103,8 +103,11 @@ __all__ = [
     "Technique",
     "TechniqueConfig",
     "TechniqueContext",
+    "distill",
     "get_technique",
     "onnx_export",
     "onnx_optimize",
     "onnx_quantize",
+    "prune",
+    "vocab",
 ]

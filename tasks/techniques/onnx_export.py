@@ -37,11 +37,12 @@ def export_onnx(
 ) -> ModelRef:
     """Export with torch.onnx (TorchScript exporter), eager attention, logits as the one output."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    network = AutoModelForSequenceClassification.from_pretrained(
-        model.path, attn_implementation="eager", use_safetensors=True, trust_remote_code=False
-    ).eval()
+    from tasks.techniques.prune import load_classifier
+
+    # Heads removed by prune.heads are sliced out here, so the graph really is smaller.
+    network = load_classifier(model.path, remove_pruned_heads=True, attn_implementation="eager")
     tokenizer = AutoTokenizer.from_pretrained(model.path, trust_remote_code=False)
     sample = tokenizer(["an example input", "a second one"], return_tensors="pt", padding=True)
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]

@@ -1,0 +1,207 @@
+"""Distillation into a shallower student, and the cached teacher logits, on tiny BERTs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from pydantic import ValidationError
+from transformers import AutoTokenizer
+
+from tasks.data import load_split
+from tasks.errors import TechniqueError
+from tasks.techniques import ModelRef, TechniqueContext
+from tasks.techniques.distill import DistillConfig, distill_student
+from tasks.techniques.prune import HeadPruningConfig, keep_layers, load_classifier, prune_heads
+from tasks.training import TEACHER_LOGITS_FILE, TrainItem, TrainSettings, teacher_logits, train_student
+from tests.factories import make_checkpoint
+from tests.test_prune import assert_onnx_matches, out_dir, report, stock
+from tests.tiny import make_context
+
+FAST = {"epochs": 6, "batch_size": 16, "learning_rate": 5e-3, "train_examples": 100, "transfer_examples": 80}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    """A randomly initialised 4-layer base and a teacher fine-tuned from it on the labels (the
+    base's predictions are nearly uniform; the teacher's depend on the text)."""
+    base = make_checkpoint(tmp_path_factory.mktemp("base") / "hf", layers=4, hidden=32, heads=2)
+    split = make_context(tmp_path_factory.mktemp("teacher-data"), base).split_dir
+    items = [TrainItem(e.text, e.label) for e in load_split(split, "train")]
+    model = load_classifier(base)
+    settings = TrainSettings(epochs=6, learning_rate=5e-3, batch_size=16, kl_weight=0.0, hard_weight=1.0)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    train_student(model, None, items, settings, tokenizer=tokenizer, max_length=32)
+    teacher = tmp_path_factory.mktemp("teacher") / "hf"
+    model.save_pretrained(teacher)
+    tokenizer.save_pretrained(teacher)
+    return base, teacher
+
+
+@pytest.fixture
+def context(tmp_path, checkpoints) -> TechniqueContext:
+    return make_context(tmp_path / "data", checkpoints[1])
+
+
+def held_out(context: TechniqueContext) -> dict[str, torch.Tensor]:
+    texts = [e.text for e in load_split(context.split_dir, "eval")]
+    return AutoTokenizer.from_pretrained(context.teacher.path)(texts, padding=True, return_tensors="pt")
+
+
+def kl_to_teacher(student, context: TechniqueContext) -> float:
+    """Mean KL(teacher ‖ student) of the predicted distributions over the eval split."""
+    encoded = held_out(context)
+    with torch.inference_mode():
+        target = torch.log_softmax(stock(context.teacher.path)(**encoded).logits, -1)
+        mine = torch.log_softmax(student.eval()(**encoded).logits, -1)
+    return float((target.exp() * (target - mine)).sum(-1).mean())
+
+
+def hidden_gap(student, context: TechniqueContext, pairs: list[tuple[int, int]]) -> float:
+    """Mean squared distance of student layer outputs to their teacher layers' (eval split)."""
+    encoded = held_out(context)
+    with torch.inference_mode():
+        mine = student.eval()(**encoded, output_hidden_states=True).hidden_states
+        theirs = stock(context.teacher.path)(**encoded, output_hidden_states=True).hidden_states
+    return float(sum(((mine[s + 1] - theirs[t + 1]) ** 2).mean() for s, t in pairs) / len(pairs))
+
+
+def attention_gap(student, context: TechniqueContext, pairs: list[tuple[int, int]], heads) -> float:
+    """Mean KL(teacher ‖ student) of the live heads' attention rows over real query tokens."""
+    encoded = held_out(context)
+    teacher = load_classifier(context.teacher.path, attn_implementation="eager")
+    student.set_attn_implementation("eager")
+    with torch.inference_mode():
+        mine = student.eval()(**encoded, output_attentions=True).attentions
+        theirs = teacher(**encoded, output_attentions=True).attentions
+    tokens = encoded["attention_mask"].bool()
+    gaps = []
+    for (s, t), keep in zip(pairs, heads, strict=True):
+        p, q = theirs[t][:, keep].clamp_min(1e-12), mine[s][:, keep].clamp_min(1e-12)
+        rows = (p * (p.log() - q.log())).sum(-1)  # batch × heads × query
+        gaps.append(float(rows.permute(0, 2, 1)[tokens].mean()))
+    return sum(gaps) / len(gaps)
+
+
+def test_teacher_logits_are_computed_once_and_stored_as_npy(tmp_path, context, monkeypatch):
+    texts = [e.text for e in load_split(context.split_dir, "train")[:40]]
+    selection = {"split": "train", "start": 0, "count": 40}
+    logits, first = teacher_logits(context, texts, selection)
+    stored = first.path / TEACHER_LOGITS_FILE
+    assert not first.reused and stored.exists()
+    assert np.load(stored, allow_pickle=False).dtype == np.float32 and logits.shape == (40, 3)
+    encoded = AutoTokenizer.from_pretrained(context.teacher.path)(
+        texts, padding=True, truncation=True, max_length=context.max_length, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        np.testing.assert_allclose(logits, stock(context.teacher.path)(**encoded).logits.numpy(), atol=1e-5)
+
+    # A second request must not load (let alone run) the teacher.
+    def refuse(*args, **kwargs):
+        raise AssertionError("the teacher was loaded again")
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", refuse)
+    again, second = teacher_logits(context, texts, selection)
+    assert second.reused and second.path == first.path
+    np.testing.assert_array_equal(again, logits)
+    # Other texts are another artifact.
+    with pytest.raises(AssertionError, match="loaded again"):
+        teacher_logits(context, texts[:39], {"split": "train", "start": 0, "count": 39})
+
+
+def test_distillation_lowers_the_students_kl_to_the_teacher(tmp_path, context, checkpoints):
+    # The student starts from layers 0 and 2 of the base the teacher was fine-tuned from, as a
+    # DistilBERT student starts from the pretrained encoder: it knows nothing of the task yet.
+    base = ModelRef(path=checkpoints[0], format="hf")
+    untrained = load_classifier(base.path)
+    keep_layers(untrained, [0, 2])
+    before = kl_to_teacher(untrained, context)
+
+    config = DistillConfig(layers=[0, 2], kl_weight=1.0, hard_weight=0.0, temperature=1.0, **FAST)
+    student = distill_student(base, config, out_dir(tmp_path, "student"), context)
+
+    after = kl_to_teacher(stock(student.path), context)
+    assert after < 0.2 * before, (before, after)
+    reloaded = stock(student.path)
+    assert reloaded.config.num_hidden_layers == 2 and len(reloaded.bert.encoder.layer) == 2
+    found = report(student.path)
+    assert found["layers"] == [0, 2] and found["teacher_layers"] == [0, 2]
+    assert (found["labelled_examples"], found["transfer_examples"]) == (100, 80)
+    assert len(found["epoch_losses"]) == 6 and found["epoch_losses"][-1] < found["epoch_losses"][0]
+    assert_onnx_matches(tmp_path, context, student)
+
+    # The same transfer set again: the teacher's logits come from the cache.
+    again = distill_student(base, config, out_dir(tmp_path, "again"), context)
+    assert not found["teacher_logits_reused"] and report(again.path)["teacher_logits_reused"]
+
+
+def test_hidden_and_attention_losses_on_a_head_pruned_student(tmp_path, context):
+    pruned = prune_heads(
+        context.teacher, HeadPruningConfig(importance_batches=1), out_dir(tmp_path, "h"), context
+    )
+    untrained = load_classifier(pruned.path)
+    keep_layers(untrained, [1, 3])
+    pairs = [(0, 1), (1, 3)]
+    heads = [[h for h in range(2) if h not in removed] for removed in untrained.config.slimline_pruned_heads]
+    before = hidden_gap(untrained, context, pairs), attention_gap(untrained, context, pairs, heads)
+
+    config = DistillConfig(
+        layers=[1, 3], kl_weight=0.0, hard_weight=0.0, hidden_weight=1.0, attention_weight=1.0, **FAST
+    )
+    student = distill_student(pruned, config, out_dir(tmp_path, "student"), context)
+
+    reloaded = stock(student.path)
+    assert hidden_gap(reloaded, context, pairs) < 0.5 * before[0]
+    assert attention_gap(stock(student.path), context, pairs, heads) < 0.8 * before[1]
+    saved = json.loads((student.path / "config.json").read_text())
+    assert saved["slimline_source_layers"] == [1, 3]
+    assert saved["slimline_pruned_heads"] == [report(pruned.path)["pruned_heads"][i] for i in (1, 3)]
+    # The attention loss skipped the removed heads and training kept them at zero.
+    encoded = held_out(context)
+    with torch.inference_mode():
+        small = load_classifier(student.path, remove_pruned_heads=True)
+        np.testing.assert_allclose(small(**encoded).logits, reloaded(**encoded).logits, atol=1e-5)
+    assert small.bert.encoder.layer[0].attention.self.query.weight.shape == (16, 32)
+    assert report(student.path)["teacher_logits_key"] is None  # no KL term: no teacher logits
+    assert_onnx_matches(tmp_path, context, student)
+
+
+def test_a_student_deeper_than_its_teacher_is_refused(tmp_path):
+    teacher = make_checkpoint(tmp_path / "teacher", layers=2, hidden=32, heads=2)
+    context = make_context(tmp_path / "data", teacher)
+    deep = ModelRef(path=make_checkpoint(tmp_path / "deep", layers=4, hidden=32, heads=2), format="hf")
+    with pytest.raises(
+        TechniqueError, match=r"3-layer student but the teacher has 2 layers; allowed: at most 2"
+    ):
+        distill_student(deep, DistillConfig(layers=[0, 1, 2]), out_dir(tmp_path, "a"), context)
+    with pytest.raises(TechniqueError, match=r"4-layer student but the teacher has 2 layers"):
+        distill_student(deep, DistillConfig(), out_dir(tmp_path, "b"), context)
+    with pytest.raises(
+        TechniqueError, match=r"layers=\[0, 4\] names layer 4 but the input model has 4 layers"
+    ):
+        distill_student(deep, DistillConfig(layers=[0, 4]), out_dir(tmp_path, "c"), context)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"layers": []}, r"layers\n.*at least 1 item"),
+        (
+            {"layers": [2, 1]},
+            r"layers\n.*layers=\[2, 1\]; allowed: distinct layer indices ≥ 0 in ascending order",
+        ),
+        ({"temperature": 0}, r"temperature\n.*greater than 0"),
+        (
+            {"kl_weight": 0, "hard_weight": 0},
+            r"hidden_weight and attention_weight are all 0; allowed: at least one",
+        ),
+        ({"hidden_weight": -1}, r"hidden_weight\n.*greater than or equal to 0"),
+        ({"transfer_examples": -1}, r"transfer_examples\n.*greater than or equal to 0"),
+        ({"student_layers": [0]}, r"student_layers\n.*Extra inputs are not permitted"),
+    ],
+)
+def test_distill_config_names_the_field_and_what_is_allowed(values, message):
+    with pytest.raises(ValidationError, match=message):
+        DistillConfig.model_validate(values)
