@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm import tqdm
 
 from tasks.artifacts import StepResult, run_step
 from tasks.checkpoints import content_digest, file_sha256
@@ -63,13 +62,11 @@ def finetune(
 
     def work(out: Path) -> dict[str, Any]:
         import torch
-        from transformers import (
-            AutoModelForSequenceClassification,
-            AutoTokenizer,
-            get_linear_schedule_with_warmup,
-        )
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        torch.manual_seed(config.seed)
+        from tasks.training import TrainItem, TrainSettings, train_student
+
+        torch.manual_seed(config.seed)  # the new classifier head's initialisation
         examples = load_split(split.path, "train")[: config.train_examples]
         tokenizer: Any = AutoTokenizer.from_pretrained(base, trust_remote_code=False)
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -80,40 +77,28 @@ def finetune(
             use_safetensors=True,
             trust_remote_code=False,
         )
-        steps_per_epoch = -(-len(examples) // config.batch_size)
-        total = steps_per_epoch * config.epochs
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
-        schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
-        generator = torch.Generator().manual_seed(config.seed)
-        model.train()
-        losses: list[float] = []
-        with tqdm(total=total, desc="fine-tune teacher", unit="step") as progress:
-            for _ in range(config.epochs):
-                order = torch.randperm(len(examples), generator=generator).tolist()
-                for start in range(0, len(order), config.batch_size):
-                    batch = [examples[i] for i in order[start : start + config.batch_size]]
-                    inputs = tokenizer(
-                        [e.text for e in batch],
-                        padding=True,
-                        truncation=True,
-                        max_length=dataset.max_length,
-                        return_tensors="pt",
-                    )
-                    labels = torch.tensor([e.label for e in batch])
-                    loss = model(**inputs, labels=labels).loss
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                    optimizer.step()
-                    schedule.step()
-                    optimizer.zero_grad()
-                    losses.append(loss.item())
-                    progress.update()
-                    progress.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
-        model.eval()
+        # Plain supervised fine-tuning: the shared loop with only the hard-label loss.
+        losses = train_student(
+            model,
+            None,
+            [TrainItem(text=e.text, label=e.label) for e in examples],
+            TrainSettings(
+                epochs=config.epochs,
+                learning_rate=config.learning_rate,
+                batch_size=config.batch_size,
+                kl_weight=0.0,
+                hard_weight=1.0,
+                warmup_ratio=config.warmup_ratio,
+                seed=config.seed,
+            ),
+            tokenizer=tokenizer,
+            max_length=dataset.max_length,
+            desc="fine-tune teacher",
+        )
         model.save_pretrained(out / MODEL_SUBDIR, safe_serialization=True)
         tokenizer.save_pretrained(out / MODEL_SUBDIR)
-        log.info("teacher fine-tuned: %d steps, final loss %.3f", total, losses[-1])
-        return {"steps": total, "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4)}
+        log.info("teacher fine-tuned: epoch losses %s", losses)
+        return {"examples": len(examples), "epoch_losses": losses}
 
     return run_step(
         home_artifacts,
