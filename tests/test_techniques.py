@@ -135,3 +135,15 @@ def test_static_int8_needs_calibration_examples(exported, tmp_path):
 def test_configs_reject_out_of_range_values(config, field):
     with pytest.raises(ValueError, match=next(iter(field))):
         config.model_validate(field)
+
+
+@pytest.mark.parametrize("quantize", ["dynamic", "static"])
+def test_fused_graph_quantizes(exported, tmp_path, context, quantize):
+    fused = ort_fusions(exported, OrtFusionConfig(), out_dir(tmp_path, "fused"), context)
+    out = out_dir(tmp_path, f"fused-{quantize}")
+    if quantize == "dynamic":
+        quantize_dynamic_int8(fused, DynamicInt8Config(per_channel=True), out, context)
+    else:
+        quantize_static_int8(fused, StaticInt8Config(calibration_examples=16), out, context)
+    assert model_size_bytes(out) < 0.7 * model_size_bytes(fused.path)
+    np.testing.assert_allclose(onnx_logits(out, TEXTS), onnx_logits(exported.path, TEXTS), atol=0.1)

@@ -26,6 +26,7 @@ def quantize_dynamic_int8(
     model: ModelRef, config: DynamicInt8Config, output_dir: Path, context: TechniqueContext
 ) -> ModelRef:
     """Quantize MatMul/Gemm weights to INT8 with onnxruntime.quantization.quantize_dynamic."""
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     weight_type = QuantType.QInt8 if config.weight_type == "qint8" else QuantType.QUInt8
@@ -36,6 +37,9 @@ def quantize_dynamic_int8(
             per_channel=config.per_channel,
             reduce_range=config.reduce_range,
             weight_type=weight_type,
+            # ONNX shape inference cannot type the outputs of fused contrib operators
+            # (Attention, SkipLayerNormalization); they are FP32 in every graph we export.
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},
         )
     except Exception as exc:  # onnxruntime raises plain Exceptions
         raise TechniqueError(f"quantize.onnx_dynamic_int8 failed for {model.path}: {exc}") from exc
