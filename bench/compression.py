@@ -129,6 +129,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     reference = next(r for r in results["rows"] if r["name"] == results["reference"])
@@ -160,6 +161,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
         va="bottom",
     )
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
     ax.set_ylabel(f"accuracy on {results['eval_examples']} held-out tweets (%)")
     ax.set_title(
