@@ -259,14 +259,19 @@ def input_group_importance(
 # --- prune.heads ----------------------------------------------------------------------------
 
 
-class HeadPruningConfig(TechniqueConfig):
+class ImportanceConfig(TechniqueConfig):
+    """How structured-pruning importance is estimated (shared by heads and FFN neurons)."""
+
+    importance_batches: int = Field(
+        8, ge=1, le=10_000, description="Training batches over which mask gradients are summed."
+    )
+    batch_size: int = Field(16, ge=1, le=512, description="Examples per importance batch.")
+
+
+class HeadPruningConfig(ImportanceConfig):
     heads_to_prune: int = Field(
         1, ge=1, le=1024, description="Heads removed from every layer (the same count in each layer)."
     )
-    importance_batches: int = Field(
-        8, ge=1, le=10_000, description="Training batches over which head-mask gradients are summed."
-    )
-    batch_size: int = Field(16, ge=1, le=512, description="Examples per importance batch.")
 
 
 @technique("prune.heads", HeadPruningConfig, accepts=("hf",), produces="hf", uses_data=True)
@@ -308,14 +313,10 @@ def prune_heads(
 # --- prune.ffn ------------------------------------------------------------------------------
 
 
-class FfnPruningConfig(TechniqueConfig):
+class FfnPruningConfig(ImportanceConfig):
     keep_fraction: float = Field(
         0.5, gt=0, le=1, description="Share of feed-forward neurons kept in every layer."
     )
-    importance_batches: int = Field(
-        8, ge=1, le=10_000, description="Training batches over which neuron-mask gradients are summed."
-    )
-    batch_size: int = Field(16, ge=1, le=512, description="Examples per importance batch.")
 
 
 @technique("prune.ffn", FfnPruningConfig, accepts=("hf",), produces="hf", uses_data=True)
