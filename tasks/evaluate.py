@@ -20,7 +20,7 @@ from tasks.techniques import ModelRef
 from tasks.techniques.onnx_export import ONNX_FILE
 
 PREDICTIONS = "predictions.csv"
-WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx.data", ".data")
+WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".data")  # .data: ONNX external weights
 
 
 class EvalMetrics(BaseModel):
@@ -45,7 +45,7 @@ class TorchPredictor:
     def __init__(self, path: Path, threads: int) -> None:
         import torch
 
-        from tasks.techniques.prune import load_classifier
+        from tasks.models import load_classifier
 
         if threads:
             torch.set_num_threads(threads)
@@ -96,9 +96,9 @@ class Encoder:
     """The model's own tokenizer, truncating as the recipe says, giving int64 arrays."""
 
     def __init__(self, path: Path, max_length: int) -> None:
-        from transformers import AutoTokenizer
+        from tasks.models import load_tokenizer
 
-        self.tokenizer: Any = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        self.tokenizer: Any = load_tokenizer(path)
         self.max_length = max_length
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:

@@ -91,12 +91,11 @@ def teacher_logits(
 
     def work(out: Path) -> dict[str, Any]:
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        tokenizer: Any = AutoTokenizer.from_pretrained(context.teacher.path, trust_remote_code=False)
-        teacher = AutoModelForSequenceClassification.from_pretrained(
-            context.teacher.path, use_safetensors=True, trust_remote_code=False
-        ).eval()
+        from tasks.models import load_classifier, load_tokenizer
+
+        tokenizer = load_tokenizer(context.teacher.path)
+        teacher = load_classifier(context.teacher.path)
         chunks = []
         with torch.inference_mode():
             for start in tqdm(range(0, len(texts), batch_size), desc="teacher logits", unit="batch"):

@@ -12,9 +12,10 @@ from transformers import AutoTokenizer
 
 from tasks.data import load_split
 from tasks.errors import TechniqueError
+from tasks.models import keep_layers, load_classifier
 from tasks.techniques import ModelRef, TechniqueContext
 from tasks.techniques.distill import DistillConfig, distill_student
-from tasks.techniques.prune import HeadPruningConfig, keep_layers, load_classifier, prune_heads
+from tasks.techniques.prune import HeadPruningConfig, prune_heads
 from tasks.training import TEACHER_LOGITS_FILE, TrainItem, TrainSettings, teacher_logits, train_student
 from tests.factories import make_checkpoint
 from tests.test_prune import assert_onnx_matches, out_dir, report, stock

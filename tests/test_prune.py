@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from transformers import AutoModelForSequenceClassification
 
 from tasks.errors import TechniqueError
+from tasks.models import load_classifier
 from tasks.techniques import TECHNIQUES, ModelRef, TechniqueContext
 from tasks.techniques.onnx_export import OnnxExportConfig, export_onnx
 from tasks.techniques.prune import (
@@ -19,7 +20,6 @@ from tasks.techniques.prune import (
     MagnitudePruningConfig,
     RecoveryConfig,
     finetune_recover,
-    load_classifier,
     prune_ffn,
     prune_heads,
     prune_layers,

@@ -19,8 +19,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 
 from tasks.errors import TechniqueError
-from tasks.techniques import ModelRef, TechniqueConfig, TechniqueContext, technique
-from tasks.techniques.prune import (
+from tasks.models import (
     encoder_layers,
     keep_layers,
     live_heads,
@@ -30,6 +29,7 @@ from tasks.techniques.prune import (
     source_layers,
     write_report,
 )
+from tasks.techniques import ModelRef, TechniqueConfig, TechniqueContext, technique
 
 log = logging.getLogger(__name__)
 

@@ -37,13 +37,12 @@ def export_onnx(
 ) -> ModelRef:
     """Export with torch.onnx (TorchScript exporter), eager attention, logits as the one output."""
     import torch
-    from transformers import AutoTokenizer
 
-    from tasks.techniques.prune import load_classifier
+    from tasks.models import load_classifier, load_tokenizer
 
     # Heads removed by prune.heads are sliced out here, so the graph really is smaller.
     network = load_classifier(model.path, remove_pruned_heads=True, attn_implementation="eager")
-    tokenizer = AutoTokenizer.from_pretrained(model.path, trust_remote_code=False)
+    tokenizer = load_tokenizer(model.path)
     sample = tokenizer(["an example input", "a second one"], return_tensors="pt", padding=True)
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
     axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}

@@ -78,16 +78,16 @@ def quantize_static_int8(
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    from transformers import AutoTokenizer
 
     from tasks.data import load_split
+    from tasks.models import load_tokenizer
 
     examples = load_split(context.split_dir, "calibration")[: config.calibration_examples]
     if not examples:
         raise TechniqueError(
             "quantize.onnx_static_int8 needs calibration examples; set dataset.calibration_size > 0"
         )
-    tokenizer = AutoTokenizer.from_pretrained(model.path, trust_remote_code=False)
+    tokenizer = load_tokenizer(model.path)
     graph = onnx.load(str(model.path / ONNX_FILE), load_external_data=False).graph
     graph_inputs = {i.name for i in graph.input}
     # The pooler and classifier heads are a sliver of the compute and the most sensitive to

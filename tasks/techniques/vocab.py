@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator
 
 from tasks.errors import TechniqueError
+from tasks.models import write_report
 from tasks.techniques import ModelRef, TechniqueConfig, TechniqueContext, technique
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = "technique_report.json"
 # Kept rows are copied bit for bit, so in-vocabulary logits should agree exactly; the bound
 # only absorbs kernel-level nondeterminism, it is not a quality budget.
 LOGIT_TOLERANCE = 1e-5
@@ -125,7 +125,7 @@ def trim_vocabulary(
         "corpus_texts": len(corpus),
         **report,
     }
-    (output_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_report(output_dir, report)
     return ModelRef(path=output_dir, format="hf")
 
 
