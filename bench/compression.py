@@ -119,55 +119,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from tasks.charts import ChartPoint, accuracy_latency_chart
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
-
-    fig, ax = plt.subplots(figsize=(9, 5.5))
     reference = next(r for r in results["rows"] if r["name"] == results["reference"])
-    for row in results["rows"]:
-        colour = {True: "tab:green", False: "tab:red", None: "tab:blue"}[row["passed"]]
-        ax.scatter(
-            row["p50_ms"],
-            100 * row["accuracy"],
-            s=8 * row["size_mb"] + 20,
-            facecolors=colour if row["passed"] is not False else "none",
-            edgecolors=colour,
-            linewidths=1.5,
-            alpha=0.7,
-        )
-        ax.annotate(
-            row["name"],
-            (row["p50_ms"], 100 * row["accuracy"]),
-            fontsize=8,
-            xytext=(6, 6),
-            textcoords="offset points",
-        )
-    ax.axvline(reference["p50_ms"] / 2, color="grey", linestyle="--", linewidth=1)
-    ax.text(
-        reference["p50_ms"] / 2,
-        ax.get_ylim()[0],
-        " 2× faster than reference",
-        fontsize=8,
-        color="grey",
-        va="bottom",
+    accuracy_latency_chart(
+        [ChartPoint.model_validate(row) for row in results["rows"]],
+        results["recipe"],
+        reference["p50_ms"],
+        path,
+        y_label=f"accuracy on {results['eval_examples']} held-out tweets (%)",
+        note=f"{results['machine']['cpu']}, {results['machine']['cores']} cores",
     )
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(ScalarFormatter())
-    ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
-    ax.set_ylabel(f"accuracy on {results['eval_examples']} held-out tweets (%)")
-    ax.set_title(
-        f"{results['recipe']}: accuracy vs latency (marker area ∝ size on disk)\n"
-        f"green = passed its gates, hollow red = failed, blue = baseline; {results['machine']['cpu']}, "
-        f"{results['machine']['cores']} cores",
-        fontsize=9,
-    )
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def table(results: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from tasks.errors import SlimlineError
+from tasks.errors import IncompleteRun, SlimlineError
 from tasks.settings import Settings
 
 SETTINGS = Settings()
@@ -76,7 +76,9 @@ def nightly_compression() -> None:
         with fail_fast_on_permanent_errors():
             return prepare(SETTINGS, recipe, checkpoint_uri, run_label).model_dump(mode="json")
 
-    @task
+    # A checkpoint whose data failed validation (or whose fetch was refused) ends its own branch;
+    # plan and publish run for the others ("all_done" sees only the prepared that succeeded).
+    @task(trigger_rule="all_done")
     def plan(prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from tasks.pipeline import Prepared, load_checked_recipe
 
@@ -92,10 +94,11 @@ def nightly_compression() -> None:
         from tasks.pipeline import Prepared, run_variant
 
         prepared = Prepared.model_validate(job["prepared"])
-        outcome = run_variant(SETTINGS, prepared, job["variant"])
+        with fail_fast_on_permanent_errors():
+            outcome = run_variant(SETTINGS, prepared, job["variant"])
         return {"prepared": job["prepared"], "outcome": outcome.model_dump(mode="json")}
 
-    @task(**NETWORK_RETRIES)
+    @task(**(NETWORK_RETRIES | {"trigger_rule": "all_done"}))
     def publish(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from tasks.pipeline import Prepared, VariantOutcome, publish
 
@@ -104,11 +107,15 @@ def nightly_compression() -> None:
             prepared = Prepared.model_validate(item["prepared"])
             entry = by_checkpoint.setdefault(prepared.parent_run_id, (prepared, []))
             entry[1].append(VariantOutcome.model_validate(item["outcome"]))
-        with fail_fast_on_permanent_errors():
-            return [
-                publish(SETTINGS, prepared, outcomes).model_dump(mode="json")
-                for prepared, outcomes in by_checkpoint.values()
-            ]
+        published, incomplete = [], []
+        for prepared, outcomes in by_checkpoint.values():
+            try:
+                published.append(publish(SETTINGS, prepared, outcomes).model_dump(mode="json"))
+            except IncompleteRun as exc:  # the others still publish; this one is retried tomorrow
+                incomplete.append(str(exc))
+        if incomplete:
+            raise AirflowFailException("; ".join(incomplete))
+        return published
 
     prepared = prepare.expand(checkpoint_uri=discover())
     publish(run_variant.expand(job=plan(prepared)))

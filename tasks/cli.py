@@ -105,6 +105,34 @@ def cmd_techniques(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from tasks.html_report import load_logged_validation, load_published_summary, write_report
+    from tasks.report import print_summary
+
+    settings = _settings(args)
+    summary = load_published_summary(settings, args.run_id)
+    path = write_report(settings, summary, load_logged_validation(settings, args.run_id), out=args.out)
+    print_summary(summary)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_gate_check(args: argparse.Namespace) -> int:
+    from tasks.errors import GateFailed
+    from tasks.pipeline import recheck_version
+    from tasks.report import console, gate_table
+
+    result = recheck_version(_settings(args), args.model_version)
+    out = console()
+    out.print(gate_table(result))
+    if args.json:
+        args.json.write_text(result.model_dump_json(indent=2))
+    if not result.verdict.passed:
+        raise GateFailed(f"{result.version.label} fails its gates: {result.verdict.summary}")
+    out.print(f"{result.version.label} passes its gates")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slimline",
@@ -163,8 +191,43 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("recipe", type=Path, help="recipe YAML")
     check.set_defaults(func=cmd_recipe_check)
 
+    gate = sub.add_parser("gate", help="judge registered model versions against their gates")
+    gsub = gate.add_subparsers(dest="action", required=True, metavar="ACTION")
+    gate_check = gsub.add_parser(
+        "check",
+        help="re-evaluate a registered version and print its verdict (exit 0 pass, 10 fail)",
+        description="Judge NAME/VERSION again from its lineage: the recipe logged on its parent run, "
+        "its checkpoint from the store (digest checked), today's data split, the baseline and the "
+        "version evaluated on it (cached evaluations are reused when model, data and code are "
+        "unchanged), every gate of the recipe, including no regression against `production`. "
+        "Exit status 0 when every gate passes, 10 when one fails, other non-zero codes for errors.",
+    )
+    gate_check.add_argument(
+        "--model-version",
+        required=True,
+        metavar="NAME/VERSION",
+        help="registered model and version or alias, e.g. minilm-sentiment/3 or minilm-sentiment/candidate",
+    )
+    gate_check.add_argument("--json", type=Path, help="also write the verdict and metrics as JSON here")
+    gate_check.set_defaults(func=cmd_gate_check)
+
     techniques = sub.add_parser("techniques", help="list the registered techniques and their configs")
     techniques.set_defaults(func=cmd_techniques)
+
+    report = sub.add_parser(
+        "report",
+        help="regenerate the HTML release report of a published parent run",
+        description="Rebuild the release report of one checkpoint's run from what MLflow stored "
+        "(the parent run's summary.json, and validation.json when logged): one self-contained HTML "
+        "file with the variant table, the accuracy/latency chart, data validation and lineage. "
+        "Writes it (default <home>/reports/RUN_ID.html), logs it to the run as report.html, prints "
+        "the variant table and the path.",
+    )
+    report.add_argument("run_id", metavar="RUN_ID", help="MLflow id of the parent run (one per checkpoint)")
+    report.add_argument(
+        "--out", type=Path, metavar="PATH", help="write the HTML here instead of <home>/reports/RUN_ID.html"
+    )
+    report.set_defaults(func=cmd_report)
     return parser
 
 
@@ -174,6 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # MLflow installs its own INFO handler (e.g. "Creating initial MLflow database tables").
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:

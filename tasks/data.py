@@ -125,7 +125,7 @@ def read_examples(path: Path, config: DatasetConfig) -> list[Example]:
 
 def split(examples: list[Example], config: DatasetConfig) -> dict[str, list[Example]]:
     """Order examples by a seeded hash of their text (independent of file order), then take
-    eval, then calibration, the rest for training."""
+    eval, then calibration, the rest (up to `train_size`) for training."""
 
     def rank(example: Example) -> str:
         return hashlib.sha256(f"{config.seed}\0{example.text}".encode()).hexdigest()
@@ -140,7 +140,7 @@ def split(examples: list[Example], config: DatasetConfig) -> dict[str, list[Exam
     return {
         "eval": ordered[: config.eval_size],
         "calibration": ordered[config.eval_size : held_out],
-        "train": ordered[held_out:],
+        "train": ordered[held_out : None if config.train_size is None else held_out + config.train_size],
     }
 
 

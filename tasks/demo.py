@@ -15,11 +15,11 @@ from tasks import orchestration, tracking
 from tasks.artifacts import StepResult
 from tasks.checkpoints import fetch, list_checkpoints, verify_folder
 from tasks.data import prepare_splits
-from tasks.pipeline import Summary
 from tasks.recipe import Recipe, load_recipe
 from tasks.report import print_summary
 from tasks.settings import Settings
 from tasks.store import FileStore, open_store, upload_tree
+from tasks.summary import Summary
 from tasks.teacher import MODEL_SUBDIR, TeacherConfig, base_encoder_dir, finetune
 
 log = logging.getLogger(__name__)

@@ -54,3 +54,27 @@ class OrchestrationError(SlimlineError):
     """An Airflow command failed."""
 
     exit_code = 8
+
+
+class DataValidationError(SlimlineError):
+    """A dataset split or a predictions file failed its data-quality expectations.
+
+    Exit code 9. Not a DataError (5, the data cannot be read or does not match the recipe):
+    here it was read fine but violates an expectation (a leaked eval row, a class share out
+    of bounds, a NaN logit), so it fails the same way on every retry.
+    """
+
+    exit_code = 9
+
+
+class GateFailed(SlimlineError):
+    """A model version judged again failed at least one gate (`slimline gate check`): not an
+    error of the tool, but a distinct exit status a release pipeline can branch on."""
+
+    exit_code = 10
+
+
+class IncompleteRun(SlimlineError):
+    """Some variants of a checkpoint did not finish (a task failed), so nothing of it is published."""
+
+    exit_code = 11

@@ -15,13 +15,26 @@ from tasks import tracking
 from tasks.artifacts import StepResult, run_step
 from tasks.checkpoints import VerifiedCheckpoint, fetch, known_digest, list_checkpoints
 from tasks.data import prepare_splits
-from tasks.errors import ConfigError
-from tasks.evaluate import EvalMetrics, evaluate, metrics_of, read_predictions
+from tasks.errors import ConfigError, DataValidationError, IncompleteRun
+from tasks.evaluate import PREDICTIONS, EvalMetrics, evaluate, metrics_of, read_predictions
 from tasks.evaluate import model_size_bytes as weights_bytes
-from tasks.gates import Interval, Verdict, judge
+from tasks.gates import ProductionReference, Verdict, judge
+from tasks.html_report import write_report
 from tasks.recipe import Recipe, load_recipe
+from tasks.release import (
+    RECIPE_ARTIFACT,
+    VersionRef,
+    evaluate_version,
+    get_version,
+    parse_version,
+    production_predictions,
+)
 from tasks.settings import Settings
+from tasks.summary import Row, Summary
 from tasks.techniques import ModelRef, TechniqueContext, get_technique
+from tasks.training import TRAINING_LOG_FILE, TrainingLog, read_training_log
+from tasks.validation import REPORT as VALIDATION_REPORT
+from tasks.validation import ValidationReport, validate_predictions, validate_split_step
 from tasks.version import code_commit
 
 log = logging.getLogger(__name__)
@@ -37,6 +50,7 @@ class Prepared(BaseModel):
     split: StepResult
     baseline: StepResult
     parent_run_id: str
+    validation: ValidationReport  # the split's suites and the baseline's predictions suite
     steps_computed: int
     steps_reused: int
 
@@ -48,35 +62,12 @@ class VariantOutcome(BaseModel):
     model_key: str
     evaluation: StepResult
     verdict: Verdict
+    validation: ValidationReport  # the variant's predictions suite
     run_id: str
     steps_computed: int
     steps_reused: int
     produce_seconds: float  # compute time of its technique steps, when they were computed
     seconds: float
-
-
-class Row(BaseModel):
-    """One line of the variant table."""
-
-    name: str
-    metrics: EvalMetrics
-    drop: Interval | None
-    passed: bool | None
-    reason: str
-    version: str | None = None
-
-
-class Summary(BaseModel):
-    recipe: str
-    checkpoint_uri: str
-    checkpoint_digest: str
-    parent_run_id: str
-    registered_model: str
-    rows: list[Row]
-    new_versions: list[str]
-    candidate: str | None
-    steps_computed: int
-    steps_reused: int
 
 
 def load_checked_recipe(path: Path, digest: str | None = None) -> Recipe:
@@ -110,13 +101,12 @@ def _count(results: list[StepResult]) -> tuple[int, int]:
 
 
 def prepare(settings: Settings, recipe_path: Path, checkpoint_uri: str, run_label: str) -> Prepared:
-    """Fetch and verify the checkpoint, split the data, evaluate the baseline, open the parent run."""
+    """Fetch and verify the checkpoint, split and validate the data, evaluate the baseline, open
+    the parent run. Failed data validation is logged to the parent run, which ends FAILED (so the
+    next night tries the checkpoint again), and raises DataValidationError before any compute."""
     recipe = load_recipe(recipe_path)
     checkpoint = fetch(settings, checkpoint_uri)
     split = prepare_splits(settings, recipe.dataset)
-    baseline_model = ModelRef(path=checkpoint.path, format="hf")
-    baseline = evaluate(settings, baseline_model, checkpoint.digest, split, recipe.dataset, recipe.evaluation)
-    metrics = metrics_of(baseline)
     parent = tracking.start_parent_run(
         settings,
         recipe,
@@ -129,11 +119,31 @@ def prepare(settings: Settings, recipe_path: Path, checkpoint_uri: str, run_labe
             "dataset_digest": split.key,
             "code_commit": code_commit(),
         },
-        metrics={
-            "accuracy": metrics.accuracy,
-            "latency_p50_ms": metrics.latency_p50_ms,
-            "latency_p95_ms": metrics.latency_p95_ms,
-            "size_mb": metrics.size_bytes / 1e6,
+    )
+    tracking.log_text(settings, parent, RECIPE_ARTIFACT, Path(recipe_path).read_text(encoding="utf-8"))
+    validation = validate_split_step(settings.artifacts_dir, split, recipe.dataset, recipe.validation)
+    baseline = None
+    if validation.success:
+        baseline_model = ModelRef(path=checkpoint.path, format="hf")
+        baseline = evaluate(
+            settings, baseline_model, checkpoint.digest, split, recipe.dataset, recipe.evaluation
+        )
+        validation = ValidationReport(
+            suites=validation.suites + check_predictions(recipe, baseline, "baseline").suites
+        )
+    tracking.log_json(settings, parent, VALIDATION_REPORT, validation.model_dump(mode="json"))
+    if baseline is None or not validation.success:
+        tracking.finish_parent_run(settings, parent, {"status": "data validation failed"}, status="FAILED")
+        raise DataValidationError(validation.message())
+    metrics = metrics_of(baseline)
+    tracking.log_metrics(
+        settings,
+        parent,
+        {
+            "baseline_accuracy": metrics.accuracy,
+            "baseline_latency_p50_ms": metrics.latency_p50_ms,
+            "baseline_latency_p95_ms": metrics.latency_p95_ms,
+            "baseline_size_mb": metrics.size_bytes / 1e6,
         },
     )
     computed, reused = _count([split, baseline])
@@ -145,9 +155,21 @@ def prepare(settings: Settings, recipe_path: Path, checkpoint_uri: str, run_labe
         split=split,
         baseline=baseline,
         parent_run_id=parent,
+        validation=validation,
         steps_computed=computed,
         steps_reused=reused,
     )
+
+
+def check_predictions(recipe: Recipe, evaluation: StepResult, name: str) -> ValidationReport:
+    """The predictions suite over one evaluation, named after the model it judged."""
+    report = validate_predictions(
+        evaluation.path / PREDICTIONS,
+        recipe.dataset.labels,
+        metrics_of(evaluation).examples,
+        recipe.validation,
+    )
+    return ValidationReport(suites=[s.model_copy(update={"data": name}) for s in report.suites])
 
 
 def compress(
@@ -186,6 +208,105 @@ def compress(
     return model, results
 
 
+def training_curves(
+    steps: list[str], trainings: dict[int, TrainingLog | None]
+) -> dict[str, list[tuple[int, float]]]:
+    """MLflow metric series of every trained step: `train/<i>-<technique>/<term>` by optimizer step."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for i, training in trainings.items():
+        for point in training.curve if training else []:
+            for term, value in point.items():
+                if term != "step":
+                    curves.setdefault(f"train/{i}-{steps[i]}/{term}", []).append((int(point["step"]), value))
+    return curves
+
+
+def gate_verdict(
+    settings: Settings,
+    recipe: Recipe,
+    name: str,
+    baseline: StepResult,
+    evaluation: StepResult,
+    split: StepResult,
+) -> tuple[Verdict, ValidationReport]:
+    """Validate a model's predictions and apply the recipe's gates: the one judgment behind the
+    nightly run and `slimline gate check`. Invalid predictions raise DataValidationError."""
+    validation = check_predictions(recipe, evaluation, name)
+    if not validation.success:
+        raise DataValidationError(f"{name}: {validation.message()}")
+    labels, baseline_predictions = read_predictions(baseline.path)
+    _, predictions = read_predictions(evaluation.path)
+    production = None
+    if recipe.gates.max_regression_vs_production is not None:
+        released = production_predictions(settings, recipe, split)
+        if released is not None:
+            production = ProductionReference(version=released[0].version, predictions=released[1])
+    verdict = judge(
+        recipe.gates,
+        labels,
+        baseline_predictions,
+        predictions,
+        metrics_of(evaluation),
+        label_names=recipe.dataset.labels,
+        targets=recipe.targets,
+        production=production,
+    )
+    return verdict, validation
+
+
+class Recheck(BaseModel):
+    """A registered version judged again from its lineage (`slimline gate check`)."""
+
+    version: VersionRef
+    verdict: Verdict
+    metrics: EvalMetrics
+    baseline: EvalMetrics
+    same_data: bool  # the split digest matches the one the version was judged on
+
+
+def recheck_version(settings: Settings, model_version: str) -> Recheck:
+    """Judge NAME/VERSION again: its recipe from its parent run, its checkpoint from the store
+    (the digest must still match), the data split, the baseline and the version evaluated
+    (evaluations are cached artifacts: unchanged model, data and code reuse them)."""
+    ref = get_version(settings, *parse_version(model_version))
+    lineage = ref.lineage
+    missing = [
+        k
+        for k in ("parent_run_id", "checkpoint_uri", "checkpoint_digest", "recipe_digest")
+        if k not in lineage
+    ]
+    if missing:
+        raise ConfigError(
+            f"{ref.label} lacks lineage tags {', '.join(missing)}; it was not registered by slimline"
+        )
+    recipe_path = settings.cache_dir / "recipes" / f"{lineage['recipe_digest']}.yaml"
+    if not recipe_path.exists():
+        recipe_path.parent.mkdir(parents=True, exist_ok=True)
+        text = tracking.load_text(settings, lineage["parent_run_id"], RECIPE_ARTIFACT)
+        staging = recipe_path.with_suffix(f".tmp-{uuid.uuid4().hex}")
+        staging.write_text(text, encoding="utf-8")
+        staging.replace(recipe_path)
+    recipe = load_checked_recipe(recipe_path, lineage["recipe_digest"])
+    checkpoint = fetch(settings, lineage["checkpoint_uri"])
+    if checkpoint.digest != lineage["checkpoint_digest"]:
+        raise ConfigError(
+            f"{ref.label}: checkpoint {checkpoint.uri} now has digest {checkpoint.digest[:12]}, not the "
+            f"{lineage['checkpoint_digest'][:12]} it was produced from; its baseline is gone"
+        )
+    split = prepare_splits(settings, recipe.dataset)
+    baseline_model = ModelRef(path=checkpoint.path, format="hf")
+    baseline = evaluate(settings, baseline_model, checkpoint.digest, split, recipe.dataset, recipe.evaluation)
+    evaluation = evaluate_version(settings, ref, recipe, split)
+    verdict, _ = gate_verdict(settings, recipe, ref.label, baseline, evaluation, split)
+    return Recheck(
+        version=ref,
+        verdict=verdict,
+        metrics=metrics_of(evaluation),
+        baseline=metrics_of(baseline),
+        same_data=split.key == lineage.get("dataset_digest"),
+    )
+
+
 def run_variant(settings: Settings, prepared: Prepared, variant: str) -> VariantOutcome:
     """Compress, evaluate and gate one variant, and log it as a child run."""
     started = time.perf_counter()
@@ -194,11 +315,12 @@ def run_variant(settings: Settings, prepared: Prepared, variant: str) -> Variant
     evaluation = evaluate(
         settings, model, step_results[-1].key, prepared.split, recipe.dataset, recipe.evaluation
     )
-    labels, baseline_predictions = read_predictions(prepared.baseline.path)
-    _, variant_predictions = read_predictions(evaluation.path)
+    verdict, validation = gate_verdict(
+        settings, recipe, variant, prepared.baseline, evaluation, prepared.split
+    )
     metrics = metrics_of(evaluation)
-    verdict = judge(recipe.gates, labels, baseline_predictions, variant_predictions, metrics)
     steps = [s.technique for s in recipe.variant(variant).steps]
+    trainings = {i: read_training_log(r.path) for i, r in enumerate(step_results)}
     run_id = tracking.log_variant_run(
         settings,
         recipe,
@@ -217,11 +339,21 @@ def run_variant(settings: Settings, prepared: Prepared, variant: str) -> Variant
         }
         | {f"recall_{k}": v for k, v in metrics.recall_per_class.items()},
         tags={"passed": verdict.passed, "verdict": verdict.summary, "artifact_key": evaluation.key},
+        json_artifacts={
+            "gates.json": verdict.model_dump(mode="json"),
+            VALIDATION_REPORT: validation.model_dump(mode="json"),
+        },
         artifacts={"predictions": evaluation.path / "predictions.csv"}
         | {
             f"manifests/{i}-{r.manifest.step.replace('/', '_')}": r.path / "manifest.json"
             for i, r in enumerate([*step_results, evaluation])
+        }
+        | {
+            f"training/{i}-{steps[i]}": r.path / TRAINING_LOG_FILE
+            for i, r in enumerate(step_results)
+            if trainings[i]
         },
+        curves=training_curves(steps, trainings),
     )
     computed, reused = _count([*step_results, evaluation])
     return VariantOutcome(
@@ -231,6 +363,7 @@ def run_variant(settings: Settings, prepared: Prepared, variant: str) -> Variant
         model_key=step_results[-1].key,
         evaluation=evaluation,
         verdict=verdict,
+        validation=validation,
         run_id=run_id,
         steps_computed=computed,
         steps_reused=reused,
@@ -243,6 +376,15 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
     """Register the passing variants (fastest last, so the newest version is the best one),
     move the `candidate` alias to it, and close the parent run with a summary."""
     recipe = load_checked_recipe(prepared.recipe_path, prepared.recipe_digest)
+    missing = sorted({v.name for v in recipe.variants} - {o.variant for o in outcomes})
+    if missing:
+        tracking.finish_parent_run(
+            settings, prepared.parent_run_id, {"status": f"incomplete: {', '.join(missing)}"}, status="FAILED"
+        )
+        raise IncompleteRun(
+            f"checkpoint {prepared.checkpoint.uri}: variant(s) {', '.join(missing)} did not finish; "
+            "nothing of it is registered"
+        )
     passing = sorted(
         (o for o in outcomes if o.verdict.passed),
         key=lambda o: metrics_of(o.evaluation).latency_p50_ms,
@@ -286,6 +428,7 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
             drop=None,
             passed=None,
             reason="reference",
+            run_id=prepared.parent_run_id,
         )
     ]
     rows += [
@@ -296,11 +439,16 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
             passed=o.verdict.passed,
             reason=o.verdict.summary,
             version=versions.get(o.variant),
+            steps=o.steps,
+            run_id=o.run_id,
         )
         for o in outcomes
     ]
     summary = Summary(
         recipe=recipe.name,
+        recipe_digest=recipe.digest,
+        dataset_digest=prepared.split.key,
+        code_commit=code_commit(),
         checkpoint_uri=prepared.checkpoint.uri,
         checkpoint_digest=prepared.checkpoint.digest,
         parent_run_id=prepared.parent_run_id,
@@ -311,7 +459,12 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
         steps_computed=prepared.steps_computed + sum(o.steps_computed for o in outcomes),
         steps_reused=prepared.steps_reused + sum(o.steps_reused for o in outcomes),
     )
+    validation = ValidationReport(
+        suites=[*prepared.validation.suites, *(s for o in outcomes for s in o.validation.suites)]
+    )
     tracking.log_json(settings, prepared.parent_run_id, "summary.json", summary.model_dump(mode="json"))
+    tracking.log_json(settings, prepared.parent_run_id, VALIDATION_REPORT, validation.model_dump(mode="json"))
+    write_report(settings, summary, validation)
     tracking.finish_parent_run(
         settings,
         prepared.parent_run_id,

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from tasks.gates import Interval
-from tasks.pipeline import Summary
+
+if TYPE_CHECKING:
+    from tasks.pipeline import Recheck
+from tasks.summary import Summary
 
 
 def signed_interval(drop: Interval) -> str:
@@ -68,3 +72,19 @@ def print_summary(summary: Summary, out: Console | None = None) -> None:
         f"alias candidate → {('v' + summary.candidate) if summary.candidate else 'none'}; "
         f"steps computed {summary.steps_computed}, reused {summary.steps_reused}"
     )
+
+
+def gate_table(result: Recheck) -> Table:
+    """One row per gate of a re-judged version, with the numbers behind it."""
+    m, b = result.metrics, result.baseline
+    title = (
+        f"{result.version.label}: accuracy {m.accuracy:.4f} (baseline {b.accuracy:.4f}), "
+        f"p95 {m.latency_p95_ms:.2f} ms, {m.size_bytes / 1e6:.1f} MB"
+        + ("" if result.same_data else " — judged on a data split that differs from its registration")
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("gate", "result", "reason"):
+        table.add_column(column)
+    for check in result.verdict.checks:
+        table.add_row(check.name, "[green]pass[/]" if check.passed else "[red]FAIL[/]", check.reason)
+    return table

@@ -78,7 +78,7 @@ def finetune(
             trust_remote_code=False,
         )
         # Plain supervised fine-tuning: the shared loop with only the hard-label loss.
-        losses = train_student(
+        training = train_student(
             model,
             None,
             [TrainItem(text=e.text, label=e.label) for e in examples],
@@ -97,8 +97,9 @@ def finetune(
         )
         model.save_pretrained(out / MODEL_SUBDIR, safe_serialization=True)
         tokenizer.save_pretrained(out / MODEL_SUBDIR)
-        log.info("teacher fine-tuned: epoch losses %s", losses)
-        return {"examples": len(examples), "epoch_losses": losses}
+        training.write(out)
+        log.info("teacher fine-tuned: epoch losses %s", training.epoch_losses)
+        return {"examples": len(examples), "epoch_losses": training.epoch_losses}
 
     return run_step(
         home_artifacts,

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 
-from tasks.errors import RegistryError
+from tasks.errors import ConfigError, RegistryError
 from tasks.recipe import Recipe
 from tasks.settings import Settings
 
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 TAG = "slimline."
 CANDIDATE_ALIAS = "candidate"
+
+LOG_BATCH_METRICS = 1000  # MLflow's limit per log_batch call
 
 
 def client(settings: Settings) -> MlflowClient:
@@ -66,7 +68,6 @@ def start_parent_run(
     recipe: Recipe,
     run_label: str,
     tags: dict[str, Any],
-    metrics: dict[str, float],
 ) -> str:
     """The parent run for (run_label, checkpoint): reused when a retried task asks again."""
     mlflow = client(settings)
@@ -80,12 +81,12 @@ def start_parent_run(
     if existing:
         return existing
     run = mlflow.create_run(experiment, run_name=f"{recipe.name}:{str(tags['checkpoint_digest'])[:12]}")
-    mlflow.log_batch(
-        run.info.run_id,
-        metrics=[Metric(f"baseline_{k}", v, 0, 0) for k, v in metrics.items()],
-        tags=_tags(key | tags),
-    )
+    mlflow.log_batch(run.info.run_id, tags=_tags(key | tags))
     return str(run.info.run_id)
+
+
+def log_metrics(settings: Settings, run_id: str, metrics: dict[str, float]) -> None:
+    client(settings).log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()])
 
 
 def log_variant_run(
@@ -97,9 +98,12 @@ def log_variant_run(
     metrics: dict[str, float],
     tags: dict[str, Any],
     artifacts: dict[str, Path],
+    curves: dict[str, list[tuple[int, float]]] | None = None,
+    json_artifacts: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     """A finished child run for one variant: params, metrics, verdict tags, manifests and
-    predictions. A retried task finds the child it already logged."""
+    predictions, and `curves` (metric name → (step, value) points, e.g. training losses) as
+    stepped metrics. A retried task finds the child it already logged."""
     mlflow = client(settings)
     experiment = experiment_id(mlflow, settings, recipe)
     key = {"parent_run_id": parent_run_id, "variant": variant, "kind": "variant"}
@@ -118,23 +122,38 @@ def log_variant_run(
         params=[Param(k, str(v)[:6000]) for k, v in params.items()],
         tags=_tags(key | tags),
     )
+    stepped = [
+        Metric(name, float(v), 0, step) for name, points in (curves or {}).items() for step, v in points
+    ]
+    for start in range(0, len(stepped), LOG_BATCH_METRICS):
+        mlflow.log_batch(run_id, metrics=stepped[start : start + LOG_BATCH_METRICS])
     for artifact_path, local in artifacts.items():
         mlflow.log_artifact(run_id, str(local), artifact_path)
+    for name, payload in (json_artifacts or {}).items():
+        log_json(settings, run_id, name, payload)
     mlflow.set_terminated(run_id, "FINISHED")
     return run_id
 
 
-def log_json(settings: Settings, run_id: str, name: str, payload: dict[str, Any]) -> None:
+def log_text(settings: Settings, run_id: str, name: str, text: str) -> None:
+    """Log `text` as the artifact `name` at the root of the run (replacing one of that name)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
-        path.write_text(json.dumps(payload, indent=2, default=str))
+        path.write_text(text, encoding="utf-8")
         client(settings).log_artifact(run_id, str(path))
 
 
-def finish_parent_run(settings: Settings, run_id: str, tags: dict[str, Any]) -> None:
+def log_json(settings: Settings, run_id: str, name: str, payload: dict[str, Any]) -> None:
+    log_text(settings, run_id, name, json.dumps(payload, indent=2, default=str))
+
+
+def finish_parent_run(
+    settings: Settings, run_id: str, tags: dict[str, Any], status: str = "FINISHED"
+) -> None:
+    """End the parent run; only a FINISHED one marks its checkpoint as processed."""
     mlflow = client(settings)
     mlflow.log_batch(run_id, tags=_tags(tags))
-    mlflow.set_terminated(run_id, "FINISHED")
+    mlflow.set_terminated(run_id, status)
 
 
 def processed(settings: Settings, recipe: Recipe, checkpoint_digest: str) -> bool:
@@ -185,8 +204,36 @@ def set_alias(settings: Settings, recipe: Recipe, alias: str, version: str) -> N
     client(settings).set_registered_model_alias(registered_model_name(settings, recipe), alias, version)
 
 
-def load_summary(settings: Settings, run_id: str) -> dict[str, Any]:
+def load_text(settings: Settings, run_id: str, name: str) -> str:
+    """A text artifact at the root of the run, as logged by `log_text`."""
     mlflow = client(settings)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.download_artifacts(run_id, "summary.json", tmp)
-        return dict(json.loads(Path(path).read_text()))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(mlflow.download_artifacts(run_id, name, tmp)).read_text(encoding="utf-8")
+    except MlflowException as exc:
+        raise RegistryError(f"reading {name} of run {run_id} failed: {exc.message}") from exc
+
+
+def load_json(settings: Settings, run_id: str, name: str) -> dict[str, Any]:
+    """A JSON artifact at the root of the run, as logged by `log_json`."""
+    return dict(json.loads(load_text(settings, run_id, name)))
+
+
+def load_summary(settings: Settings, run_id: str) -> dict[str, Any]:
+    return load_json(settings, run_id, "summary.json")
+
+
+def get_run(settings: Settings, run_id: str) -> Run:
+    """The run; ConfigError for an id the tracking store does not know (a wrong argument, so not
+    worth retrying), RegistryError when the store cannot answer."""
+    try:
+        return client(settings).get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise ConfigError(f"no MLflow run {run_id!r} in {settings.tracking_uri}") from exc
+        raise RegistryError(f"reading run {run_id} failed: {exc.message}") from exc
+
+
+def has_artifact(settings: Settings, run_id: str, name: str) -> bool:
+    """Whether the run has an artifact `name` at the root of its artifacts."""
+    return any(a.path == name for a in client(settings).list_artifacts(run_id))

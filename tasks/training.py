@@ -7,9 +7,11 @@ it learns from.
 - hidden-state MSE between student layer i and its mapped teacher layer (over real tokens);
 - attention-distribution KL per head between the same layers (TinyBERT-style, eager attention).
 
-The teacher's logits come from `teacher_logits`: computed once over the whole training set and
-cached as a float32 `.npy` artifact keyed by the teacher, the split, the token limit and the selected
-texts, so neither a second epoch nor a rerun forwards the teacher again. Hidden-state and attention
+The teacher's logits come from `teacher_logits`: computed once over the whole training split and
+cached as a float32 `.npy` artifact keyed by the teacher, the split and the token limit, so neither
+a second epoch, nor another technique, nor a rerun forwards the teacher again. Batches group texts
+of similar length (`length_batches`): tweets are short, and random batches padded to their longest
+member spent about half of their compute on padding. Hidden-state and attention
 losses need the teacher's per-token states, which are too large to cache: when their weights are
 non-zero the teacher runs alongside the student on every batch.
 
@@ -18,14 +20,14 @@ torch does the work (AdamW, clipping); transformers supplies the linear warm-up/
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
 from tqdm import tqdm
 
 from tasks.artifacts import StepResult, run_step
@@ -41,6 +43,9 @@ log = logging.getLogger(__name__)
 
 TEACHER_LOGITS_STEP = "teacher.logits"
 TEACHER_LOGITS_FILE = "logits.npy"
+TRAINING_LOG_FILE = "training.json"
+CURVE_POINTS = 100  # loss-curve points kept per run, whatever its length
+MEGABATCH = 50  # batches per length-sorted group (as transformers' LengthGroupedSampler)
 
 
 @dataclass(frozen=True)
@@ -69,25 +74,70 @@ class TrainSettings:
     seed: int = 0
 
 
-def _texts_digest(texts: Sequence[str]) -> str:
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(hashlib.sha256(text.encode()).digest())
-    return digest.hexdigest()
+class TrainingLog(BaseModel):
+    """What one `train_student` run learned: the mean loss of each epoch and a loss curve
+    (window means of the total and of each active loss term, keyed by optimizer step)."""
+
+    epoch_losses: list[float]
+    curve: list[dict[str, float]]
+    steps: int
+    examples: int
+    seconds: float
+
+    def write(self, output_dir: Path) -> None:
+        (output_dir / TRAINING_LOG_FILE).write_text(self.model_dump_json(indent=1))
+
+
+def read_training_log(step_dir: Path) -> TrainingLog | None:
+    """The training log a step left in its artifact folder, if it trained anything."""
+    path = step_dir / TRAINING_LOG_FILE
+    return TrainingLog.model_validate_json(path.read_text()) if path.exists() else None
+
+
+def length_batches(
+    lengths: Sequence[int], batch_size: int, generator: torch.Generator | None = None
+) -> list[list[int]]:
+    """Batches of indices whose texts have similar token counts, so padding wastes little compute.
+
+    Without a generator: all indices sorted by length (inference; callers restore the order).
+    With one: a random permutation cut into groups of MEGABATCH batches, each group sorted by
+    length and cut into batches, and the batch order shuffled: training still sees every example
+    once per epoch in a random mix, at a fraction of the padded tokens.
+    """
+    import torch
+
+    if generator is None:
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    permutation = torch.randperm(len(lengths), generator=generator).tolist()
+    group = batch_size * MEGABATCH
+    batches = []
+    for start in range(0, len(permutation), group):
+        members = sorted(permutation[start : start + group], key=lengths.__getitem__, reverse=True)
+        batches += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def token_lengths(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[int]:
+    """Token count of each text after truncation (special tokens included)."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    return [len(ids) for ids in encoded["input_ids"]]
 
 
 def teacher_logits(
-    context: TechniqueContext,
-    texts: Sequence[str],
-    selection: Mapping[str, Any],
-    batch_size: int = 64,
+    context: TechniqueContext, split: str = "train", batch_size: int = 64
 ) -> tuple[np.ndarray, StepResult]:
-    """The teacher's logits over `texts` (rows in order), from the artifact cache or computed now.
-
-    `selection` says how `texts` were chosen (split, offsets, counts) and goes into the key and
-    the manifest next to a digest of the texts themselves.
-    """
+    """The teacher's logits over every example of `split` (rows in split order), from the artifact
+    cache or computed now. Computing the whole split once lets every technique that trains on
+    a slice of it (recovery fine-tuning, distillation with any transfer-set size) share one
+    artifact."""
     import numpy as np
+
+    from tasks.data import load_split
+
+    texts = [e.text for e in load_split(context.split_dir, split)]
+    if not texts:
+        raise TechniqueError(f"teacher logits: the {split} split has no examples")
 
     def work(out: Path) -> dict[str, Any]:
         import torch
@@ -96,39 +146,31 @@ def teacher_logits(
 
         tokenizer = load_tokenizer(context.teacher.path)
         teacher = load_classifier(context.teacher.path)
-        chunks = []
+        logits = np.zeros((len(texts), int(teacher.config.num_labels)), dtype=np.float32)
+        batches = length_batches(token_lengths(tokenizer, texts, context.max_length), batch_size)
         with torch.inference_mode():
-            for start in tqdm(range(0, len(texts), batch_size), desc="teacher logits", unit="batch"):
+            for index in tqdm(batches, desc="teacher logits", unit="batch"):
                 encoded = tokenizer(
-                    list(texts[start : start + batch_size]),
+                    [texts[i] for i in index],
                     padding=True,
                     truncation=True,
                     max_length=context.max_length,
                     return_tensors="pt",
                 )
-                chunks.append(teacher(**encoded).logits.float().numpy())
-        logits = np.concatenate(chunks).astype(np.float32)
+                logits[index] = teacher(**encoded).logits.float().numpy()
         np.save(out / TEACHER_LOGITS_FILE, logits, allow_pickle=False)
         log.info("teacher logits: %d examples x %d labels", *logits.shape)
         return {"examples": int(logits.shape[0]), "labels": int(logits.shape[1])}
 
-    if not texts:
-        raise TechniqueError("teacher logits: the transfer set is empty; the training split has no examples")
-    config = {
-        "max_length": context.max_length,
-        "selection": json.loads(json.dumps(dict(selection), sort_keys=True)),
-        "examples": len(texts),
-        "texts_sha256": _texts_digest(texts),
-    }
     result = run_step(
         context.artifacts_dir,
         TEACHER_LOGITS_STEP,
-        config,
+        {"max_length": context.max_length, "split": split},
         {"teacher": context.teacher_key, "split": context.split_key},
         work,
     )
     logits = np.load(result.path / TEACHER_LOGITS_FILE, allow_pickle=False)
-    if logits.shape[0] != len(texts):  # pragma: no cover - the key includes the texts' digest
+    if logits.shape[0] != len(texts):  # pragma: no cover - the key includes the split's digest
         raise TechniqueError(f"teacher logits at {result.path} have {logits.shape[0]} rows, not {len(texts)}")
     return logits, result
 
@@ -160,8 +202,8 @@ def train_student(
     layer_map: Mapping[int, int] | None = None,
     live_heads: Sequence[Sequence[int]] | None = None,
     desc: str = "train",
-) -> list[float]:
-    """Train `student` in place; return the mean loss of each epoch.
+) -> TrainingLog:
+    """Train `student` in place; return the epoch losses and the loss curve.
 
     `logits` holds the teacher's logits row for row with `items` (see `teacher_logits`); it is
     needed when `kl_weight` > 0. `teacher` (a model) is needed only for the hidden-state and
@@ -205,6 +247,7 @@ def train_student(
 
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
+    lengths = token_lengths(tokenizer, [item.text for item in items], max_length)
     steps_per_epoch = -(-len(items) // settings.batch_size)
     total = steps_per_epoch * settings.epochs
     optimizer = torch.optim.AdamW(
@@ -217,13 +260,15 @@ def train_student(
         reference_model.eval()
     student.train()
     epoch_losses: list[float] = []
-    recent: list[float] = []
+    curve: list[dict[str, float]] = []
+    window: dict[str, list[float]] = {}
+    every = max(1, total // CURVE_POINTS)
+    step = 0
+    started = time.perf_counter()
     with tqdm(total=total, desc=desc, unit="step") as progress:
         for epoch in range(settings.epochs):
-            order = torch.randperm(len(items), generator=generator).tolist()
             summed = 0.0
-            for start in range(0, len(order), settings.batch_size):
-                index = order[start : start + settings.batch_size]
+            for index in length_batches(lengths, settings.batch_size, generator):
                 batch = [items[i] for i in index]
                 encoded = tokenizer(
                     [item.text for item in batch],
@@ -233,18 +278,18 @@ def train_student(
                     return_tensors="pt",
                 )
                 out = student(**encoded, output_hidden_states=use_hidden, output_attentions=use_attention)
-                loss = out.logits.new_zeros(())
+                terms: dict[str, torch.Tensor] = {}
                 if settings.kl_weight > 0 and soft_targets is not None:
                     targets = F.softmax(soft_targets[index] / temperature, dim=-1)
                     kl = F.kl_div(
                         F.log_softmax(out.logits / temperature, dim=-1), targets, reduction="batchmean"
                     )
-                    loss = loss + settings.kl_weight * kl * temperature**2
+                    terms["kl"] = settings.kl_weight * kl * temperature**2
                 labelled = [(row, item.label) for row, item in enumerate(batch) if item.label is not None]
                 if settings.hard_weight > 0 and labelled:
                     rows = torch.tensor([row for row, _ in labelled])
                     labels = torch.tensor([label for _, label in labelled])
-                    loss = loss + settings.hard_weight * F.cross_entropy(out.logits[rows], labels)
+                    terms["hard"] = settings.hard_weight * F.cross_entropy(out.logits[rows], labels)
                 if use_hidden or use_attention:
                     with torch.no_grad():
                         reference = reference_model(
@@ -257,7 +302,9 @@ def train_student(
                             mse = _masked_mse(
                                 out.hidden_states[s_layer + 1], reference.hidden_states[t_layer + 1], tokens
                             )
-                            loss = loss + settings.hidden_weight * mse / len(pairs)
+                            terms["hidden"] = terms.get("hidden", 0) + settings.hidden_weight * mse / len(
+                                pairs
+                            )
                         if use_attention:
                             if out.attentions is None or reference.attentions is None:
                                 raise TechniqueError(f"{desc}: the attention loss needs eager attention")
@@ -266,18 +313,32 @@ def train_student(
                             if keep is not None:
                                 s_att, t_att = s_att[:, keep], t_att[:, keep]
                             att = _attention_kl(s_att, t_att, tokens)
-                            loss = loss + settings.attention_weight * att / len(pairs)
+                            terms["attention"] = terms.get(
+                                "attention", 0
+                            ) + settings.attention_weight * att / len(pairs)
+                loss = sum(terms.values(), out.logits.new_zeros(()))
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(student.parameters(), settings.max_grad_norm)
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad()
+                step += 1
                 value = float(loss.item())
                 summed += value * len(batch)
-                recent = [*recent[-19:], value]
+                for name, term in {"loss": loss, **terms}.items():
+                    window.setdefault(name, []).append(float(term.item()))
+                if step % every == 0 or step == total:
+                    curve.append({"step": step} | {k: round(sum(v) / len(v), 6) for k, v in window.items()})
+                    window = {}
                 progress.update()
-                progress.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
+                progress.set_postfix(loss=f"{curve[-1]['loss'] if curve else value:.4f}")
             epoch_losses.append(round(summed / len(items), 6))
             log.info("%s: epoch %d/%d mean loss %.4f", desc, epoch + 1, settings.epochs, epoch_losses[-1])
     student.eval()
-    return epoch_losses
+    return TrainingLog(
+        epoch_losses=epoch_losses,
+        curve=curve,
+        steps=step,
+        examples=len(items),
+        seconds=round(time.perf_counter() - started, 1),
+    )

@@ -28,6 +28,9 @@ def test_split_is_deterministic_and_independent_of_file_order(tmp_path):
     assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
     reseeded = split(read_examples(path, config(path)), config(path, seed=1))
     assert reseeded["eval"] != first["eval"]
+    # A training cap keeps the held-out splits and the head of the training split.
+    capped = split(read_examples(path, config(path)), config(path, train_size=30))
+    assert capped["eval"] == first["eval"] and capped["train"] == first["train"][:30]
 
 
 def test_split_artifact_is_cached(settings, tmp_path):

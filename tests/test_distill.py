@@ -16,7 +16,15 @@ from tasks.models import keep_layers, load_classifier
 from tasks.techniques import ModelRef, TechniqueContext
 from tasks.techniques.distill import DistillConfig, distill_student
 from tasks.techniques.prune import HeadPruningConfig, prune_heads
-from tasks.training import TEACHER_LOGITS_FILE, TrainItem, TrainSettings, teacher_logits, train_student
+from tasks.training import (
+    TEACHER_LOGITS_FILE,
+    TrainItem,
+    TrainSettings,
+    length_batches,
+    read_training_log,
+    teacher_logits,
+    train_student,
+)
 from tests.factories import make_checkpoint
 from tests.test_prune import assert_onnx_matches, out_dir, report, stock
 from tests.tiny import make_context
@@ -86,13 +94,13 @@ def attention_gap(student, context: TechniqueContext, pairs: list[tuple[int, int
     return sum(gaps) / len(gaps)
 
 
-def test_teacher_logits_are_computed_once_and_stored_as_npy(tmp_path, context, monkeypatch):
-    texts = [e.text for e in load_split(context.split_dir, "train")[:40]]
-    selection = {"split": "train", "start": 0, "count": 40}
-    logits, first = teacher_logits(context, texts, selection)
+def test_teacher_logits_are_computed_once_for_the_split_and_stored_as_npy(tmp_path, context, monkeypatch):
+    texts = [e.text for e in load_split(context.split_dir, "train")]
+    logits, first = teacher_logits(context)
     stored = first.path / TEACHER_LOGITS_FILE
     assert not first.reused and stored.exists()
-    assert np.load(stored, allow_pickle=False).dtype == np.float32 and logits.shape == (40, 3)
+    assert np.load(stored, allow_pickle=False).dtype == np.float32 and logits.shape == (len(texts), 3)
+    # Rows come back in split order although batches group texts by length.
     encoded = AutoTokenizer.from_pretrained(context.teacher.path)(
         texts, padding=True, truncation=True, max_length=context.max_length, return_tensors="pt"
     )
@@ -104,12 +112,31 @@ def test_teacher_logits_are_computed_once_and_stored_as_npy(tmp_path, context, m
         raise AssertionError("the teacher was loaded again")
 
     monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", refuse)
-    again, second = teacher_logits(context, texts, selection)
+    again, second = teacher_logits(context)
     assert second.reused and second.path == first.path
     np.testing.assert_array_equal(again, logits)
-    # Other texts are another artifact.
+    # Another split is another artifact.
     with pytest.raises(AssertionError, match="loaded again"):
-        teacher_logits(context, texts[:39], {"split": "train", "start": 0, "count": 39})
+        teacher_logits(context, split="calibration")
+
+
+def test_length_batches_cover_every_example_once_and_group_similar_lengths():
+    lengths = [(i * 37) % 61 + 1 for i in range(1000)]
+    generator = torch.Generator().manual_seed(0)
+    batches = length_batches(lengths, 16, generator)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert all(len(b) == 16 for b in batches if len(b) != 1000 % 16)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    random_order = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).tolist()
+    padded_random = sum(
+        len(chunk) * max(lengths[i] for i in chunk)
+        for chunk in (random_order[s : s + 16] for s in range(0, 1000, 16))
+    )
+    assert padded < 0.7 * padded_random
+    # Another epoch (the generator moved on) mixes differently; inference batches are fully sorted.
+    assert length_batches(lengths, 16, generator) != batches
+    flat = [i for b in length_batches(lengths, 16) for i in b]
+    assert [lengths[i] for i in flat] == sorted(lengths)
 
 
 def test_distillation_lowers_the_students_kl_to_the_teacher(tmp_path, context, checkpoints):
@@ -131,6 +158,11 @@ def test_distillation_lowers_the_students_kl_to_the_teacher(tmp_path, context, c
     assert found["layers"] == [0, 2] and found["teacher_layers"] == [0, 2]
     assert (found["labelled_examples"], found["transfer_examples"]) == (100, 80)
     assert len(found["epoch_losses"]) == 6 and found["epoch_losses"][-1] < found["epoch_losses"][0]
+    training = read_training_log(student.path)
+    assert training is not None and training.epoch_losses == found["epoch_losses"]
+    assert training.steps == 6 * -(-180 // 16) == training.curve[-1]["step"]
+    assert set(training.curve[0]) == {"step", "loss", "kl"}  # hard_weight=0: no hard-label term
+    assert training.curve[-1]["kl"] < training.curve[0]["kl"]
     assert_onnx_matches(tmp_path, context, student)
 
     # The same transfer set again: the teacher's logits come from the cache.

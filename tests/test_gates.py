@@ -1,11 +1,13 @@
-"""The accuracy gate judges the paired bootstrap interval, not the point estimate."""
+"""Release gates: the accuracy gate judges the paired bootstrap interval, not the point estimate;
+the optional gates (McNemar, per-class recall, agreement, target budgets, no regression against
+production) each fail on constructed predictions whose true difference is known."""
 
 import numpy as np
 import pytest
 
 from tasks.evaluate import EvalMetrics
-from tasks.gates import judge, paired_bootstrap_drop
-from tasks.recipe import GateConfig
+from tasks.gates import ProductionReference, judge, mcnemar_exact, paired_bootstrap_drop, recall_drops
+from tasks.recipe import GateConfig, Target
 
 
 def pairs(n: int, base_only: int, variant_only: int, both: int) -> tuple[np.ndarray, ...]:
@@ -88,3 +90,84 @@ def test_budgets_fail_on_their_own(p95, size, failing):
 def test_misaligned_predictions_are_refused():
     with pytest.raises(ValueError, match="aligned"):
         paired_bootstrap_drop(np.zeros(3), np.zeros(3), np.zeros(2), 100, 0.95, 0)
+
+
+def test_mcnemar_exact_p_value_on_known_counts():
+    # 10 discordant pairs, all lost by the variant: two-sided p = 2 / 2**10.
+    labels, base, variant = pairs(200, base_only=10, variant_only=0, both=150)
+    assert mcnemar_exact(labels, base, variant) == (10, 0, pytest.approx(2 / 1024))
+    # Balanced disagreements are no evidence either way.
+    labels, base, variant = pairs(200, base_only=6, variant_only=6, both=150)
+    assert mcnemar_exact(labels, base, variant)[2] == pytest.approx(1.0)
+    # b=7, c=1: p = 2 * (1 + 8) / 256.
+    labels, base, variant = pairs(200, base_only=7, variant_only=1, both=150)
+    assert mcnemar_exact(labels, base, variant)[2] == pytest.approx(18 / 256)
+
+
+def test_mcnemar_gate_fails_only_a_significantly_worse_variant():
+    config = GateConfig(max_accuracy_drop=10.0, mcnemar_alpha=0.05, bootstrap_resamples=200)
+    labels, base, variant = pairs(400, base_only=12, variant_only=1, both=300)
+    worse = judge(config, labels, base, variant, metrics())
+    assert not worse.passed and [c.name for c in worse.checks if not c.passed] == ["mcnemar"]
+    assert "12 lost vs 1 gained" in worse.summary and "significantly worse" in worse.summary
+    labels, base, variant = pairs(400, base_only=1, variant_only=12, both=300)
+    better = judge(config, labels, base, variant, metrics())
+    assert better.passed  # significantly *better* is no reason to block a release
+
+
+def test_recall_drop_names_the_class_that_lost_most():
+    labels = np.array([0] * 50 + [1] * 50 + [2] * 50)
+    base = labels.copy()
+    variant = labels.copy()
+    variant[50:60] = 0  # class 1 loses 10 of 50: 20 points; accuracy loses only 6.7
+    drops = recall_drops(labels, base, variant, ["neg", "neu", "pos"])
+    assert drops == {"neg": 0.0, "neu": 20.0, "pos": 0.0}
+    config = GateConfig(max_accuracy_drop=15.0, max_recall_drop=5.0, bootstrap_resamples=200)
+    verdict = judge(config, labels, base, variant, metrics(), label_names=["neg", "neu", "pos"])
+    (failed,) = [c for c in verdict.checks if not c.passed]
+    assert failed.name == "recall_drop" and failed.numbers["drop_neu"] == 20.0
+    assert verdict.reasons == ["FAIL recall drop worst neu +20.00 > 5.00 pts"]
+
+
+def test_agreement_with_the_baseline():
+    labels, base, variant = pairs(1000, base_only=30, variant_only=30, both=800)
+    config = GateConfig(max_accuracy_drop=5.0, min_agreement=0.97, bootstrap_resamples=200)
+    verdict = judge(config, labels, base, variant, metrics())
+    (check,) = [c for c in verdict.checks if c.name == "agreement"]
+    assert check.numbers["value"] == pytest.approx(0.94) and not verdict.passed
+    assert judge(config.model_copy(update={"min_agreement": 0.9}), labels, base, variant, metrics()).passed
+
+
+def test_target_budgets_apply_to_the_runtime_measured_here():
+    labels, base, _ = pairs(300, base_only=0, variant_only=0, both=250)
+    targets = [
+        Target(name="edge-cpu", runtime="onnxruntime", max_p95_latency_ms=1.5, max_size_mb=8),
+        Target(name="jetson", runtime="tensorrt", precision="fp16", max_p95_latency_ms=0.1, max_size_mb=50),
+    ]
+    verdict = judge(
+        GateConfig(), labels, base, base.copy(), metrics(p95=2.0, size=10_000_000), targets=targets
+    )
+    names = {c.name: c.passed for c in verdict.checks}
+    # TensorRT latency is not measured on this CPU: no check is made up for it.
+    assert names == {
+        "accuracy_drop": True,
+        "latency_p95[edge-cpu]": False,
+        "size[edge-cpu]": False,
+        "size[jetson]": True,
+    }
+    assert verdict.reasons == ["FAIL edge-cpu p95 2.00 > 1.50 ms", "FAIL edge-cpu size 10.0 > 8.0 MB"]
+
+
+def test_no_regression_against_production_uses_the_paired_interval():
+    # The variant matches the baseline but the released model is 3 points better on these examples.
+    labels, production, variant = pairs(1000, base_only=40, variant_only=10, both=700)
+    config = GateConfig(max_accuracy_drop=1.0, max_regression_vs_production=1.0, bootstrap_resamples=500)
+    released = ProductionReference(version="7", predictions=production.tolist())
+    verdict = judge(config, labels, variant, variant.copy(), metrics(), production=released)
+    (check,) = [c for c in verdict.checks if c.name == "no_regression"]
+    assert not check.passed and check.numbers["point"] == pytest.approx(3.0)
+    assert check.reason.startswith("vs production v7 95% upper +")
+    # Without a production version the gate has nothing to compare with and adds no check.
+    assert [c.name for c in judge(config, labels, variant, variant.copy(), metrics()).checks] == [
+        "accuracy_drop"
+    ]

@@ -1,11 +1,12 @@
 """The whole pipeline in one process (`slimline run`), on file:// and on S3 (moto server)."""
 
 import json
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tasks.errors import CheckpointRefused
+from tasks.errors import CheckpointRefused, DataValidationError
 from tasks.pipeline import discover, run_local
 from tasks.settings import Settings
 from tests.tiny import publish, write_tiny_recipe
@@ -101,3 +102,59 @@ def test_refused_checkpoint_registers_nothing(settings, tiny_checkpoint, tmp_pat
         "name = 'tiny-sentiment'"
     )
     assert not (settings.home / "artifacts").exists()
+
+
+def test_training_losses_are_logged_to_the_variant_run(settings, tiny_checkpoint, tmp_path):
+    distilled = {
+        "name": "distilled",
+        "steps": [
+            {
+                "technique": "distill.student",
+                "config": {
+                    "layers": [0],
+                    "epochs": 2,
+                    "batch_size": 16,
+                    "train_examples": 60,
+                    "transfer_examples": 40,
+                },
+            },
+            {"technique": "export.onnx"},
+        ],
+    }
+    recipe = write_tiny_recipe(tmp_path / "recipe", variants=[distilled])
+    summary = run_local(settings, recipe, publish(settings, tiny_checkpoint, "nightly/tiny-d"))
+    client = registry(settings)
+    parent = client.get_run(summary.parent_run_id)
+    (child,) = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{summary.parent_run_id}' and tags.`slimline.variant` = 'distilled'",
+    )
+    steps = 2 * -(-100 // 16)
+    for term in ("loss", "kl", "hard"):
+        history = client.get_metric_history(child.info.run_id, f"train/0-distill.student/{term}")
+        assert [m.step for m in history][-1] == steps and len(history) >= steps // 2
+    artifacts = [a.path for a in client.list_artifacts(child.info.run_id, "training")]
+    assert artifacts == ["training/0-distill.student"]
+
+
+def test_failed_data_validation_stops_before_compute_and_is_logged(settings, tiny_checkpoint, tmp_path):
+    # The source repeats rows (the split keeps equal texts together, so they stay duplicates within
+    # a split): the suite names the expectation and the rows; nothing is evaluated or registered.
+    recipe = write_tiny_recipe(tmp_path / "recipe")
+    source = tmp_path / "recipe" / "tweets.csv"
+    rows = source.read_text().splitlines()
+    source.write_text("\n".join([*rows, *rows[1:40]]) + "\n")
+    with pytest.raises(DataValidationError, match=r"data validation failed: train: expect_col") as caught:
+        run_local(settings, recipe, publish(settings, tiny_checkpoint, "nightly/leaky"))
+    assert "\n" not in str(caught.value) and "rows duplicated (same text): '" in str(caught.value)
+    client = registry(settings)
+    assert client.search_model_versions("name = 'tiny-sentiment'") == []
+    experiment = client.get_experiment_by_name("slimline/tiny")
+    assert experiment is not None
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`slimline.kind` = 'checkpoint'")
+    assert parent.info.status == "FAILED"
+    stored = json.loads(
+        Path(client.download_artifacts(parent.info.run_id, "validation.json", str(tmp_path))).read_text()
+    )
+    assert stored["success"] is False
+    assert not (settings.artifacts_dir / "evaluate").exists()

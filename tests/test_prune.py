@@ -13,6 +13,7 @@ from tasks.errors import TechniqueError
 from tasks.models import load_classifier
 from tasks.techniques import TECHNIQUES, ModelRef, TechniqueContext
 from tasks.techniques.onnx_export import OnnxExportConfig, export_onnx
+from tasks.techniques.onnx_optimize import OrtFusionConfig, ort_fusions
 from tasks.techniques.prune import (
     FfnPruningConfig,
     HeadPruningConfig,
@@ -134,6 +135,12 @@ def test_head_pruning_removes_the_heads_that_do_not_matter(tmp_path, context):
     assert shapes.count((HIDDEN, 3 * HEAD_DIM)) == 2 * 3  # q, k, v of both layers
     assert shapes.count((3 * HEAD_DIM, HIDDEN)) == 2  # attention output of both layers
     assert shapes.count((HIDDEN, HIDDEN)) == 1  # the pooler only
+    # Transformer fusions see the narrower attention and keep the outputs.
+    exported = ModelRef(path=tmp_path / f"onnx-{pruned.path.name}", format="onnx")
+    fused = ort_fusions(exported, OrtFusionConfig(), out_dir(tmp_path, "fused"), context)
+    ops = [node.op_type for node in onnx.load(str(fused.path / "model.onnx")).graph.node]
+    assert ops.count("Attention") == 2
+    np.testing.assert_allclose(onnx_logits(fused.path, TEXTS), before, atol=1e-4)
 
 
 def test_head_pruning_again_keeps_earlier_removals_and_checks_the_count(tmp_path, context):

@@ -12,6 +12,7 @@ from tasks.errors import ConfigError, TechniqueError
 from tasks.evaluate import OnnxPredictor, model_size_bytes
 from tasks.techniques import TECHNIQUES, ModelRef, TechniqueContext, get_technique
 from tasks.techniques.onnx_export import OnnxExportConfig, export_onnx
+from tasks.techniques.onnx_fp16 import Fp16Config, quantize_fp16
 from tasks.techniques.onnx_optimize import OrtFusionConfig, ort_fusions
 from tasks.techniques.onnx_quantize import (
     DynamicInt8Config,
@@ -130,6 +131,7 @@ def test_static_int8_needs_calibration_examples(exported, tmp_path):
         (StaticInt8Config, {"method": "kl"}),
         (StaticInt8Config, {"calibration_examples": 2}),
         (OrtFusionConfig, {"attention": "sometimes"}),
+        (Fp16Config, {"keep_fp32_ops": "Softmax"}),
     ],
 )
 def test_configs_reject_out_of_range_values(config, field):
@@ -147,3 +149,22 @@ def test_fused_graph_quantizes(exported, tmp_path, context, quantize):
         quantize_static_int8(fused, StaticInt8Config(calibration_examples=16), out, context)
     assert model_size_bytes(out) < 0.7 * model_size_bytes(fused.path)
     np.testing.assert_allclose(onnx_logits(out, TEXTS), onnx_logits(exported.path, TEXTS), atol=0.1)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_fp16_halves_the_weights_and_keeps_io_types(exported, tmp_path, context, fused):
+    source = (
+        ort_fusions(exported, OrtFusionConfig(), out_dir(tmp_path, "fused"), context) if fused else exported
+    )
+    out = out_dir(tmp_path, "fp16")
+    quantize_fp16(source, Fp16Config(), out, context)
+    graph = onnx.load(str(out / "model.onnx"))
+    weights = [t for t in graph.graph.initializer if len(t.dims) == 2]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    assert model_size_bytes(out) < 0.6 * model_size_bytes(source.path)
+    assert [i.type.tensor_type.elem_type for i in graph.graph.input] == [onnx.TensorProto.INT64] * len(
+        graph.graph.input
+    )
+    assert graph.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    # Half precision carries about three decimal digits: stated tolerance 1e-2 on the logits.
+    np.testing.assert_allclose(onnx_logits(out, TEXTS), onnx_logits(exported.path, TEXTS), atol=1e-2)

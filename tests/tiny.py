@@ -15,8 +15,8 @@ from tasks.techniques import ModelRef, TechniqueContext
 from tests.factories import LABELS, make_dataset
 
 
-def write_tiny_recipe(folder: Path, **gates: Any) -> Path:
-    """A recipe over a generated 240-row dataset, with both demo variants."""
+def write_tiny_recipe(folder: Path, variants: list[dict[str, Any]] | None = None, **gates: Any) -> Path:
+    """A recipe over a generated 240-row dataset, with both demo variants and any `variants` given."""
     folder.mkdir(parents=True, exist_ok=True)
     data = make_dataset(folder / "tweets.csv")
     recipe = {
@@ -33,6 +33,7 @@ def write_tiny_recipe(folder: Path, **gates: Any) -> Path:
                 "name": "onnx-int8-dynamic",
                 "steps": [{"technique": "export.onnx"}, {"technique": "quantize.onnx_dynamic_int8"}],
             },
+            *(variants or []),
         ],
     }
     path = folder / "tiny.yaml"

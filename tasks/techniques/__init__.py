@@ -95,7 +95,15 @@ def get_technique(name: str) -> Technique:
 
 
 # Registration happens on import; these modules are cheap to import.
-from tasks.techniques import distill, onnx_export, onnx_optimize, onnx_quantize, prune, vocab  # noqa: E402
+from tasks.techniques import (  # noqa: E402
+    distill,
+    onnx_export,
+    onnx_fp16,
+    onnx_optimize,
+    onnx_quantize,
+    prune,
+    vocab,
+)
 
 __all__ = [
     "TECHNIQUES",
@@ -106,6 +114,7 @@ __all__ = [
     "distill",
     "get_technique",
     "onnx_export",
+    "onnx_fp16",
     "onnx_optimize",
     "onnx_quantize",
     "prune",

@@ -123,9 +123,8 @@ def distill_student(
     items = [TrainItem(e.text, e.label) for e in labelled] + [TrainItem(e.text, None) for e in transfer]
     logits, cached = None, None
     if config.kl_weight > 0:
-        logits, cached = teacher_logits(
-            context, [i.text for i in items], {"split": "train", "start": 0, "count": len(items)}
-        )
+        all_logits, cached = teacher_logits(context)
+        logits = all_logits[: len(items)]  # labelled then transfer: the split's first rows, in order
     teacher = None
     if config.hidden_weight > 0 or config.attention_weight > 0:
         teacher = load_classifier(context.teacher.path, attn_implementation=attention)
@@ -141,7 +140,7 @@ def distill_student(
         seed=config.seed,
     )
     tokenizer = load_tokenizer(model.path)
-    losses = train_student(
+    training = train_student(
         student,
         teacher,
         items,
@@ -154,10 +153,11 @@ def distill_student(
         desc="distill.student",
     )
     save_classifier(student, tokenizer, output_dir)
+    training.write(output_dir)
     write_report(
         output_dir,
         {
-            "epoch_losses": losses,
+            "epoch_losses": training.epoch_losses,
             "layers": layers,
             "teacher_layers": list(layer_map.values()),
             "labelled_examples": len(labelled),
@@ -166,5 +166,5 @@ def distill_student(
             "teacher_logits_reused": cached.reused if cached else None,
         },
     )
-    log.info("distill.student: %d layers, epoch losses %s", len(layers), losses)
+    log.info("distill.student: %d layers, epoch losses %s", len(layers), training.epoch_losses)
     return ModelRef(path=output_dir, format="hf")

@@ -334,9 +334,8 @@ def finetune_recover(
     tokenizer = load_tokenizer(model.path)
     examples = load_split(context.split_dir, "train")[: config.max_examples]
     items = [TrainItem(e.text, e.label) for e in examples]
-    logits, cached = teacher_logits(
-        context, [i.text for i in items], {"split": "train", "start": 0, "count": len(items)}
-    )
+    all_logits, cached = teacher_logits(context)
+    logits = all_logits[: len(items)]
     if logits.shape[1] != int(network.config.num_labels):
         raise TechniqueError(
             f"finetune.recover: the teacher has {logits.shape[1]} labels, the model "
@@ -351,7 +350,7 @@ def finetune_recover(
         hard_weight=1 - config.alpha,
         seed=config.seed,
     )
-    losses = train_student(
+    training = train_student(
         network,
         None,
         items,
@@ -362,10 +361,11 @@ def finetune_recover(
         desc="finetune.recover",
     )
     save_classifier(network, tokenizer, output_dir)
+    training.write(output_dir)
     write_report(
         output_dir,
         {
-            "epoch_losses": losses,
+            "epoch_losses": training.epoch_losses,
             "examples": len(items),
             "teacher_logits_key": cached.key,
             "teacher_logits_reused": cached.reused,
