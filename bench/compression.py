@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime
     import torch
 
+    from tasks.artifacts import load_manifest
     from tasks.data import load_split
     from tasks.demo import demo_checkpoint
     from tasks.evaluate import Encoder, load_predictor, metrics_of, percentile_ms, time_requests
@@ -44,10 +45,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tasks.settings import Settings
     from tasks.teacher import TeacherConfig
     from tasks.techniques import ModelRef
+    from tasks.training import TEACHER_LOGITS_STEP
 
     settings = Settings(**({"home": args.home} if args.home else {}))
     recipe = load_recipe(args.recipe)
-    _, uri = demo_checkpoint(settings, recipe, TeacherConfig())
+    teacher, uri = demo_checkpoint(settings, recipe, TeacherConfig())
 
     prepared = prepare(settings, args.recipe, uri, run_label=f"bench-{datetime.now(UTC):%Y%m%dT%H%M%S}")
     outcomes = [run_variant(settings, prepared, v.name) for v in recipe.variants]
@@ -74,6 +76,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"round {round_index + 1}/{args.rounds} done", flush=True)
 
     produce = {o.variant: o.produce_seconds for o in outcomes}
+    step_seconds = {
+        o.variant: [[s, t] for s, t in zip(o.steps, o.step_seconds, strict=True)] for o in outcomes
+    }
     rows = []
     for row in summary.rows:
         metrics = row.metrics
@@ -91,6 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "passed": row.passed,
                 "reason": row.reason,
                 "produce_seconds": produce.get(row.name),
+                "step_seconds": step_seconds.get(row.name, []),
             }
         )
     reference_p50 = percentile_ms(timings[REFERENCE], 50)
@@ -114,6 +120,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "eval_examples": metrics_of(prepared.baseline).examples,
         "latency": {"batch": 1, "samples": len(texts), "rounds": args.rounds, "interleaved": True},
         "reference": REFERENCE,
+        "teacher_finetune_seconds": teacher.manifest.seconds,
+        # Computed once over the training split by the first trained step that needs it (its time
+        # is inside that step's seconds) and reused by every other.
+        "teacher_logits_seconds": [
+            load_manifest(path.parent).seconds
+            for path in sorted((settings.artifacts_dir / TEACHER_LOGITS_STEP).glob("*/manifest.json"))
+            if load_manifest(path.parent).inputs.get("teacher") == prepared.checkpoint.digest
+        ],
         "rows": rows,
     }
 

@@ -67,6 +67,7 @@ class VariantOutcome(BaseModel):
     steps_computed: int
     steps_reused: int
     produce_seconds: float  # compute time of its technique steps, when they were computed
+    step_seconds: list[float]  # the same per step (a step shared with another variant counts in both)
     seconds: float
 
 
@@ -368,6 +369,7 @@ def run_variant(settings: Settings, prepared: Prepared, variant: str) -> Variant
         steps_computed=computed,
         steps_reused=reused,
         produce_seconds=round(sum(r.manifest.seconds for r in step_results), 1),
+        step_seconds=[round(r.manifest.seconds, 1) for r in step_results],
         seconds=round(time.perf_counter() - started, 2),
     )
 
