@@ -99,7 +99,7 @@ def nightly_compression() -> None:
         return {"prepared": job["prepared"], "outcome": outcome.model_dump(mode="json")}
 
     @task(**(NETWORK_RETRIES | {"trigger_rule": "all_done"}))
-    def publish(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def publish(results: list[dict[str, Any]], checkpoints: list[str]) -> list[dict[str, Any]]:
         from tasks.pipeline import Prepared, VariantOutcome, publish
 
         by_checkpoint: dict[str, tuple[Prepared, list[VariantOutcome]]] = {}
@@ -113,12 +113,17 @@ def nightly_compression() -> None:
                 published.append(publish(SETTINGS, prepared, outcomes).model_dump(mode="json"))
             except IncompleteRun as exc:  # the others still publish; this one is retried tomorrow
                 incomplete.append(str(exc))
+        # A checkpoint with no finished variant (refused, failed validation) is not in `results`;
+        # with "all_done" this task would otherwise end the DAG run as a success.
+        reached = {prepared.checkpoint.uri for prepared, _ in by_checkpoint.values()}
+        incomplete += [f"checkpoint {uri} did not reach publish" for uri in checkpoints if uri not in reached]
         if incomplete:
             raise AirflowFailException("; ".join(incomplete))
         return published
 
-    prepared = prepare.expand(checkpoint_uri=discover())
-    publish(run_variant.expand(job=plan(prepared)))
+    checkpoints = discover()
+    prepared = prepare.expand(checkpoint_uri=checkpoints)
+    publish(run_variant.expand(job=plan(prepared)), checkpoints)
 
 
 nightly_compression()

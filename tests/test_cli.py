@@ -19,6 +19,9 @@ COMMANDS = [
     ["checkpoints", "verify"],
     ["recipe", "check"],
     ["techniques"],
+    ["gate"],
+    ["gate", "check"],
+    ["report"],
 ]
 
 

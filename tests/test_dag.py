@@ -74,15 +74,34 @@ def test_nightly_dag_run_registers_with_lineage_and_is_idempotent(settings, tiny
     assert "discovered 0 checkpoint(s)" in second.log_path.read_text()
 
 
-def test_dag_run_refuses_a_pickle_checkpoint(settings, tiny_checkpoint, tmp_path):
+def test_a_refused_checkpoint_stops_its_own_branch_only(settings, tiny_checkpoint, tmp_path):
     recipe = write_tiny_recipe(tmp_path / "recipe")
+    good = publish(settings, tiny_checkpoint, "nightly/good")
     (tiny_checkpoint / "model.safetensors").unlink()
     (tiny_checkpoint / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
-    uri = publish(settings, tiny_checkpoint, "nightly/evil")
-    conf = {"recipe": str(recipe), "checkpoints": [uri]}
+    evil = publish(settings, tiny_checkpoint, "nightly/evil")
+    conf = {"recipe": str(recipe), "checkpoints": [evil, good]}
     with pytest.raises(OrchestrationError, match=r"CheckpointRefused: checkpoint .*pickle") as caught:
         dags_test(settings, "nightly_compression", conf, echo=False)
     assert "\n" not in str(caught.value)
+    # The DAG run failed, but the good checkpoint went through every step and was registered.
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    versions = client.search_model_versions("name = 'tiny-sentiment'")
+    assert {v.tags["slimline.checkpoint_uri"] for v in versions} == {good}
+    assert len(versions) == 2
+    assert not any(settings.cache_dir.rglob("pytorch_model.bin"))
+
+
+def test_failed_data_validation_fails_the_branch_with_the_expectation_named(
+    settings, tiny_checkpoint, tmp_path
+):
+    recipe = write_tiny_recipe(tmp_path / "recipe")
+    source = tmp_path / "recipe" / "tweets.csv"
+    rows = source.read_text().splitlines()
+    source.write_text("\n".join([*rows, *rows[1:20]]) + "\n")
+    conf = {"recipe": str(recipe), "checkpoints": [publish(settings, tiny_checkpoint, "nightly/tiny")]}
+    pattern = r"DataValidationError: data validation failed: .*expect_column_values_to_be_unique\(text\)"
+    with pytest.raises(OrchestrationError, match=pattern):
+        dags_test(settings, "nightly_compression", conf, echo=False)
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     assert client.search_registered_models() == []
-    assert not any((settings.cache_dir).glob("[0-9a-f]*"))

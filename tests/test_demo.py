@@ -59,6 +59,10 @@ def test_demo_end_to_end_and_rerun_does_no_work(tmp_path):
     for text in ("Δ acc pts [95% CI]", "onnx-int8-dynamic", "mlflow ui --backend-store-uri sqlite:///"):
         assert text in out
 
+    # The release report of the checkpoint's run, with every variant in it.
+    report = (home / "reports" / f"{summary['parent_run_id']}.html").read_text()
+    assert all(f">{name}<" in report for name in rows) and "data:image/png;base64," in report
+
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     passing = [r for r in summary["rows"][1:] if r["passed"]]
     versions = client.search_model_versions("name = 'minilm-sentiment'")

@@ -14,6 +14,7 @@ from tasks.models import load_classifier
 from tasks.techniques import TECHNIQUES, ModelRef, TechniqueContext
 from tasks.techniques.onnx_export import OnnxExportConfig, export_onnx
 from tasks.techniques.onnx_optimize import OrtFusionConfig, ort_fusions
+from tasks.techniques.onnx_quantize import DynamicInt8Config, quantize_dynamic_int8
 from tasks.techniques.prune import (
     FfnPruningConfig,
     HeadPruningConfig,
@@ -138,8 +139,18 @@ def test_head_pruning_removes_the_heads_that_do_not_matter(tmp_path, context):
     # Transformer fusions see the narrower attention and keep the outputs.
     exported = ModelRef(path=tmp_path / f"onnx-{pruned.path.name}", format="onnx")
     fused = ort_fusions(exported, OrtFusionConfig(), out_dir(tmp_path, "fused"), context)
-    ops = [node.op_type for node in onnx.load(str(fused.path / "model.onnx")).graph.node]
-    assert ops.count("Attention") == 2
+    attention = [n for n in onnx.load(str(fused.path / "model.onnx")).graph.node if n.op_type == "Attention"]
+    assert [
+        onnx.helper.get_attribute_value(a) for n in attention for a in n.attribute if a.name == "num_heads"
+    ] == [
+        3,
+        3,
+    ]
+    # Dynamic INT8 turns it into QAttention, which checks the head count against the width.
+    quantized = quantize_dynamic_int8(
+        fused, DynamicInt8Config(per_channel=True), out_dir(tmp_path, "q"), context
+    )
+    assert np.abs(onnx_logits(quantized.path, TEXTS) - before).max() < 0.1
     np.testing.assert_allclose(onnx_logits(fused.path, TEXTS), before, atol=1e-4)
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 from pydantic import Field
 
 from tasks.errors import TechniqueError
+from tasks.models import live_heads
 from tasks.techniques import ModelRef, TechniqueConfig, TechniqueContext, technique
 from tasks.techniques.onnx_export import ONNX_FILE, copy_sidecars
 
@@ -33,6 +35,19 @@ def ort_fusions(
     from onnxruntime.transformers.optimizer import optimize_model
 
     hf_config = json.loads((model.path / "config.json").read_text())
+    # The exported graph reshapes Q/K/V to (-1 heads, head size), so the optimizer takes the head
+    # count and attention width from these arguments. A head-pruned model has fewer heads than
+    # config.json says (prune.heads keeps stock shapes there): pass the live count and its width,
+    # or the fused Attention splits heads wrongly (and quantized Attention refuses the width).
+    heads = int(hf_config["num_attention_heads"])
+    live = {len(row) for row in live_heads(SimpleNamespace(**hf_config))}
+    if len(live) != 1:
+        raise TechniqueError(
+            f"optimize.ort_fusions: layers of {model.path} keep different head counts {sorted(live)}; "
+            "fused Attention needs one count (prune.heads removes the same number from every layer)"
+        )
+    num_heads = live.pop()
+    attention_width = num_heads * int(hf_config["hidden_size"]) // heads
     options = FusionOptions("bert")
     options.enable_attention = config.attention
     options.enable_layer_norm = config.layer_norm
@@ -44,8 +59,8 @@ def ort_fusions(
         optimized = optimize_model(
             str(model.path / ONNX_FILE),
             model_type="bert",
-            num_heads=int(hf_config["num_attention_heads"]),
-            hidden_size=int(hf_config["hidden_size"]),
+            num_heads=num_heads,
+            hidden_size=attention_width,
             optimization_options=options,
             opt_level=0,  # graph fusions in python only; the runtime applies its own at load
         )
