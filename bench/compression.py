@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tasks.teacher import TeacherConfig
     from tasks.techniques import ModelRef
     from tasks.training import TEACHER_LOGITS_STEP
+    from tasks.version import code_digest
 
     settings = Settings(**({"home": args.home} if args.home else {}))
     recipe = load_recipe(args.recipe)
@@ -127,6 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             load_manifest(path.parent).seconds
             for path in sorted((settings.artifacts_dir / TEACHER_LOGITS_STEP).glob("*/manifest.json"))
             if load_manifest(path.parent).inputs.get("teacher") == prepared.checkpoint.digest
+            and load_manifest(path.parent).code_digest == code_digest()
         ],
         "rows": rows,
     }
