@@ -15,6 +15,7 @@ from tasks import orchestration, tracking
 from tasks.artifacts import StepResult
 from tasks.checkpoints import fetch, list_checkpoints, verify_folder
 from tasks.data import prepare_splits
+from tasks.html_report import report_path
 from tasks.recipe import Recipe, load_recipe
 from tasks.report import print_summary
 from tasks.settings import Settings
@@ -85,6 +86,7 @@ def run_demo(settings: Settings, recipe_path: Path, teacher: TeacherConfig, cons
     console.rule("3/3 results")
     summary = summary_for(settings, recipe_path, dag_run.run_label)
     print_summary(summary, console)
+    console.print(f"release report: {report_path(settings, summary)}")
     console.print(
         "\nOpen the MLflow UI on this store:\n"
         f"  {Path(sys.executable).with_name('mlflow')} ui "

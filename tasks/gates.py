@@ -165,14 +165,15 @@ def judge(
     ]
     if config.mcnemar_alpha is not None:
         b, c, p = mcnemar_exact(labels, baseline_predictions, variant_predictions)
-        worse = b > c and p < config.mcnemar_alpha
+        significant = p < config.mcnemar_alpha
+        worse = significant and b > c
+        direction = (" (significantly worse)" if worse else " (significantly better)") if significant else ""
         checks.append(
             GateCheck(
                 name="mcnemar",
                 passed=not worse,
                 reason=f"McNemar {b} lost vs {c} gained, p={p:.3g} "
-                f"{'<' if p < config.mcnemar_alpha else '≥'} {config.mcnemar_alpha:g}"
-                + (" (significantly worse)" if worse else ""),
+                f"{'<' if significant else '≥'} {config.mcnemar_alpha:g}{direction}",
                 numbers={"baseline_only": b, "variant_only": c, "p_value": p, "alpha": config.mcnemar_alpha},
             )
         )

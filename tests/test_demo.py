@@ -56,7 +56,12 @@ def test_demo_end_to_end_and_rerun_does_no_work(tmp_path):
     for name in list(rows)[1:]:
         assert rows[name]["metrics"]["runtime"] == "onnxruntime"
         assert rows[name]["drop"]["low"] <= rows[name]["drop"]["point"] <= rows[name]["drop"]["high"]
-    for text in ("Δ acc pts [95% CI]", "onnx-int8-dynamic", "mlflow ui --backend-store-uri sqlite:///"):
+    for text in (
+        "Δ acc pts [95% CI]",
+        "onnx-int8-dynamic",
+        "release report: ",
+        "mlflow ui --backend-store-uri sqlite:///",
+    ):
         assert text in out
 
     # The release report of the checkpoint's run, with every variant in it.

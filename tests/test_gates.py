@@ -113,6 +113,7 @@ def test_mcnemar_gate_fails_only_a_significantly_worse_variant():
     labels, base, variant = pairs(400, base_only=1, variant_only=12, both=300)
     better = judge(config, labels, base, variant, metrics())
     assert better.passed  # significantly *better* is no reason to block a release
+    assert "1 lost vs 12 gained" in better.summary and "(significantly better)" in better.summary
 
 
 def test_recall_drop_names_the_class_that_lost_most():
