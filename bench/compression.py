@@ -125,10 +125,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Computed once over the training split by the first trained step that needs it (its time
         # is inside that step's seconds) and reused by every other.
         "teacher_logits_seconds": [
-            load_manifest(path.parent).seconds
-            for path in sorted((settings.artifacts_dir / TEACHER_LOGITS_STEP).glob("*/manifest.json"))
-            if load_manifest(path.parent).inputs.get("teacher") == prepared.checkpoint.digest
-            and load_manifest(path.parent).code_digest == code_digest()
+            m.seconds
+            for m in (
+                load_manifest(path.parent)
+                for path in sorted((settings.artifacts_dir / TEACHER_LOGITS_STEP).glob("*/manifest.json"))
+            )
+            if m.inputs.get("teacher") == prepared.checkpoint.digest and m.code_digest == code_digest()
         ],
         "rows": rows,
     }

@@ -19,9 +19,9 @@ from pydantic import BaseModel, ValidationError
 from tasks import tracking
 from tasks.charts import ChartPoint, accuracy_latency_chart
 from tasks.errors import ConfigError
-from tasks.report import signed_interval
+from tasks.report import signed_interval, verdict_text, versions_text
 from tasks.settings import Settings
-from tasks.summary import Row, Summary
+from tasks.summary import Summary
 from tasks.validation import REPORT as VALIDATION_ARTIFACT
 from tasks.validation import SuiteResult, ValidationReport
 
@@ -53,9 +53,6 @@ dt { color: #4a5366; }
 dd { margin: 0; }
 ol, ul { margin: 0; padding-left: 1.4em; }
 """
-
-VERDICT_CLASS = {None: "baseline", True: "pass", False: "fail"}
-VERDICT_TEXT = {None: "baseline", True: "pass", False: "FAIL"}
 
 
 def _e(value: object) -> str:
@@ -89,19 +86,6 @@ def _dl(items: list[tuple[str, str]]) -> str:
 def class_labels(summary: Summary) -> list[str]:
     """Every class any row reports a recall for, in the order the rows first name them."""
     return list(dict.fromkeys(label for row in summary.rows for label in row.metrics.recall_per_class))
-
-
-def verdict_text(row: Row) -> str:
-    return VERDICT_TEXT[row.passed] + (f" (v{row.version})" if row.version else "")
-
-
-def versions_text(summary: Summary) -> str:
-    new = ", ".join(f"v{v}" for v in summary.new_versions) or "none"
-    candidate = f"v{summary.candidate}" if summary.candidate else "none"
-    return (
-        f"registered model {summary.registered_model}: new versions {new}; alias candidate → {candidate}; "
-        f"steps computed {summary.steps_computed}, reused {summary.steps_reused}"
-    )
 
 
 def chart_points(summary: Summary) -> list[ChartPoint]:
@@ -169,7 +153,7 @@ def _variants(summary: Summary) -> str:
                 _td(f"{m.latency_p50_ms:.2f}", "num"),
                 _td(f"{m.latency_p95_ms:.2f}", "num"),
                 _td(f"{m.size_bytes / 1e6:.1f}", "num"),
-                _td(verdict_text(row), VERDICT_CLASS[row.passed]),
+                _td(verdict_text(row), row.verdict.lower()),
                 _td(row.reason),
             ]
         )

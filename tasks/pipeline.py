@@ -125,10 +125,7 @@ def prepare(settings: Settings, recipe_path: Path, checkpoint_uri: str, run_labe
     validation = validate_split_step(settings.artifacts_dir, split, recipe.dataset, recipe.validation)
     baseline = None
     if validation.success:
-        baseline_model = ModelRef(path=checkpoint.path, format="hf")
-        baseline = evaluate(
-            settings, baseline_model, checkpoint.digest, split, recipe.dataset, recipe.evaluation
-        )
+        baseline = evaluate_baseline(settings, recipe, checkpoint, split)
         validation = ValidationReport(
             suites=validation.suites + check_predictions(recipe, baseline, "baseline").suites
         )
@@ -160,6 +157,14 @@ def prepare(settings: Settings, recipe_path: Path, checkpoint_uri: str, run_labe
         steps_computed=computed,
         steps_reused=reused,
     )
+
+
+def evaluate_baseline(
+    settings: Settings, recipe: Recipe, checkpoint: VerifiedCheckpoint, split: StepResult
+) -> StepResult:
+    """The checkpoint itself evaluated on the split (cached by its digest): what variants face."""
+    model = ModelRef(path=checkpoint.path, format="hf")
+    return evaluate(settings, model, checkpoint.digest, split, recipe.dataset, recipe.evaluation)
 
 
 def check_predictions(recipe: Recipe, evaluation: StepResult, name: str) -> ValidationReport:
@@ -295,8 +300,7 @@ def recheck_version(settings: Settings, model_version: str) -> Recheck:
             f"{lineage['checkpoint_digest'][:12]} it was produced from; its baseline is gone"
         )
     split = prepare_splits(settings, recipe.dataset)
-    baseline_model = ModelRef(path=checkpoint.path, format="hf")
-    baseline = evaluate(settings, baseline_model, checkpoint.digest, split, recipe.dataset, recipe.evaluation)
+    baseline = evaluate_baseline(settings, recipe, checkpoint, split)
     evaluation = evaluate_version(settings, ref, recipe, split)
     verdict, _ = gate_verdict(settings, recipe, ref.label, baseline, evaluation, split)
     return Recheck(

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
@@ -38,14 +39,17 @@ class VersionRef(BaseModel):
         return f"{self.name}/{self.version}"
 
 
-def _ref(found: object) -> VersionRef:
-    tags: dict[str, str] = getattr(found, "tags", {}) or {}
+def _ref(found: ModelVersion) -> VersionRef:
     return VersionRef(
-        name=str(getattr(found, "name", "")),
-        version=str(getattr(found, "version", "")),
-        run_id=str(getattr(found, "run_id", "")),
-        source=str(getattr(found, "source", "")),
-        lineage={k.removeprefix(tracking.TAG): v for k, v in tags.items() if k.startswith(tracking.TAG)},
+        name=found.name,
+        version=str(found.version),
+        run_id=str(found.run_id),
+        source=str(found.source),
+        lineage={
+            k.removeprefix(tracking.TAG): v
+            for k, v in (found.tags or {}).items()
+            if k.startswith(tracking.TAG)
+        },
     )
 
 

@@ -12,13 +12,28 @@ from tasks.gates import Interval
 
 if TYPE_CHECKING:
     from tasks.pipeline import Recheck
-from tasks.summary import Summary
+from tasks.summary import Row, Summary
 
 
 def signed_interval(drop: Interval) -> str:
     """The change as variant − baseline, in points (`+ 0.0` turns -0.00 into +0.00)."""
     low, point, high = (-v + 0.0 for v in (drop.high, drop.point, drop.low))
     return f"{point:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def verdict_text(row: Row) -> str:
+    """The verdict word with the registered version, e.g. `pass (v3)`."""
+    return row.verdict + (f" (v{row.version})" if row.version else "")
+
+
+def versions_text(summary: Summary) -> str:
+    """The registry outcome of a run, in one line."""
+    new = ", ".join(f"v{v}" for v in summary.new_versions) or "none"
+    candidate = f"v{summary.candidate}" if summary.candidate else "none"
+    return (
+        f"registered model {summary.registered_model}: new versions {new}; alias candidate → {candidate}; "
+        f"steps computed {summary.steps_computed}, reused {summary.steps_reused}"
+    )
 
 
 def variant_table(summary: Summary) -> Table:
@@ -41,9 +56,8 @@ def variant_table(summary: Summary) -> Table:
     for row in summary.rows:
         m = row.metrics
         delta = "—" if row.drop is None else signed_interval(row.drop)
-        verdict = {None: "baseline", True: "[green]pass[/]", False: "[red]FAIL[/]"}[row.passed]
-        if row.version:
-            verdict += f" (v{row.version})"
+        colour = {"pass": "green", "FAIL": "red"}.get(row.verdict)
+        verdict = f"[{colour}]{verdict_text(row)}[/]" if colour else verdict_text(row)
         table.add_row(
             row.name,
             m.runtime,
@@ -66,12 +80,7 @@ def console() -> Console:
 def print_summary(summary: Summary, out: Console | None = None) -> None:
     out = out or console()
     out.print(variant_table(summary))
-    new = ", ".join(f"v{v}" for v in summary.new_versions) or "none"
-    out.print(
-        f"registered model [bold]{summary.registered_model}[/]: new versions {new}; "
-        f"alias candidate → {('v' + summary.candidate) if summary.candidate else 'none'}; "
-        f"steps computed {summary.steps_computed}, reused {summary.steps_reused}"
-    )
+    out.print(versions_text(summary))
 
 
 def gate_table(result: Recheck) -> Table:

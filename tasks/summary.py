@@ -22,6 +22,11 @@ class Row(BaseModel):
     steps: list[str] = []  # the techniques that produced it, in order (empty for the baseline)
     run_id: str | None = None  # its MLflow run (the parent run for the baseline)
 
+    @property
+    def verdict(self) -> str:
+        """`baseline`, `pass` or `FAIL`: the word every table shows."""
+        return {None: "baseline", True: "pass", False: "FAIL"}[self.passed]
+
 
 class Summary(BaseModel):
     recipe: str

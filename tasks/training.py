@@ -88,6 +88,17 @@ class TrainingLog(BaseModel):
         (output_dir / TRAINING_LOG_FILE).write_text(self.model_dump_json(indent=1))
 
 
+def finish_training(output_dir: Path, training: TrainingLog, logits: StepResult | None) -> dict[str, Any]:
+    """Write the training log into the step's folder; return the report fields every trained
+    technique shares (epoch losses, and which teacher-logits artifact it learned from)."""
+    training.write(output_dir)
+    return {
+        "epoch_losses": training.epoch_losses,
+        "teacher_logits_key": logits.key if logits else None,
+        "teacher_logits_reused": logits.reused if logits else None,
+    }
+
+
 def read_training_log(step_dir: Path) -> TrainingLog | None:
     """The training log a step left in its artifact folder, if it trained anything."""
     path = step_dir / TRAINING_LOG_FILE

@@ -84,7 +84,7 @@ def distill_student(
     from transformers import AutoConfig
 
     from tasks.data import load_split
-    from tasks.training import TrainItem, TrainSettings, teacher_logits, train_student
+    from tasks.training import TrainItem, TrainSettings, finish_training, teacher_logits, train_student
 
     teacher_config = AutoConfig.from_pretrained(context.teacher.path, trust_remote_code=False)
     teacher_depth = int(teacher_config.num_hidden_layers)
@@ -153,17 +153,14 @@ def distill_student(
         desc="distill.student",
     )
     save_classifier(student, tokenizer, output_dir)
-    training.write(output_dir)
     write_report(
         output_dir,
-        {
-            "epoch_losses": training.epoch_losses,
+        finish_training(output_dir, training, cached)
+        | {
             "layers": layers,
             "teacher_layers": list(layer_map.values()),
             "labelled_examples": len(labelled),
             "transfer_examples": len(transfer),
-            "teacher_logits_key": cached.key if cached else None,
-            "teacher_logits_reused": cached.reused if cached else None,
         },
     )
     log.info("distill.student: %d layers, epoch losses %s", len(layers), training.epoch_losses)

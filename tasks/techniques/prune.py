@@ -328,7 +328,7 @@ def finetune_recover(
 ) -> ModelRef:
     """Recover accuracy after pruning: fine-tune on labels and the teacher's cached logits (torch)."""
     from tasks.data import load_split
-    from tasks.training import TrainItem, TrainSettings, teacher_logits, train_student
+    from tasks.training import TrainItem, TrainSettings, finish_training, teacher_logits, train_student
 
     network = load_classifier(model.path)
     tokenizer = load_tokenizer(model.path)
@@ -361,14 +361,5 @@ def finetune_recover(
         desc="finetune.recover",
     )
     save_classifier(network, tokenizer, output_dir)
-    training.write(output_dir)
-    write_report(
-        output_dir,
-        {
-            "epoch_losses": training.epoch_losses,
-            "examples": len(items),
-            "teacher_logits_key": cached.key,
-            "teacher_logits_reused": cached.reused,
-        },
-    )
+    write_report(output_dir, finish_training(output_dir, training, cached) | {"examples": len(items)})
     return ModelRef(path=output_dir, format="hf")
