@@ -33,6 +33,7 @@ lint: env
 	$(BIN)/ruff check tasks dags tests bench
 	$(BIN)/ruff format --check tasks dags tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Every recipe variant on the demo teacher, latency measured side by side in one process:
 # bench/results/compression.json and compression.png (not a timed test).

@@ -36,17 +36,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    from tasks.artifacts import load_manifest
-    from tasks.data import load_split
-    from tasks.demo import demo_checkpoint
-    from tasks.evaluate import Encoder, load_predictor, metrics_of, percentile_ms, time_requests
-    from tasks.pipeline import prepare, publish, run_variant
+    from tasks.compress.training import TEACHER_LOGITS_STEP
+    from tasks.core.artifacts import load_manifest
+    from tasks.core.models import ModelRef
+    from tasks.core.settings import Settings
+    from tasks.core.version import code_digest
+    from tasks.demo.runner import demo_checkpoint
+    from tasks.demo.teacher import TeacherConfig
+    from tasks.flow.pipeline import prepare, publish, run_variant
+    from tasks.gate.evaluate import Encoder, load_predictor, metrics_of, percentile_ms, time_requests
+    from tasks.intake.data import load_split
     from tasks.recipe import load_recipe
-    from tasks.settings import Settings
-    from tasks.teacher import TeacherConfig
-    from tasks.techniques import ModelRef
-    from tasks.training import TEACHER_LOGITS_STEP
-    from tasks.version import code_digest
 
     settings = Settings(**({"home": args.home} if args.home else {}))
     recipe = load_recipe(args.recipe)
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
-    from tasks.charts import ChartPoint, accuracy_latency_chart
+    from tasks.report.charts import ChartPoint, accuracy_latency_chart
 
     reference = next(r for r in results["rows"] if r["name"] == results["reference"])
     accuracy_latency_chart(
@@ -151,8 +151,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 
 def table(results: dict[str, Any]) -> str:
-    from tasks.gates import Interval
-    from tasks.report import signed_interval
+    from tasks.gate.gates import Interval
+    from tasks.report.console import signed_interval
 
     lines = [
         "| variant | accuracy | Δ vs teacher, pts [95% CI] | p50 ms | p95 ms | speed-up vs ref | size MB "

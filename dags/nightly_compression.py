@@ -1,6 +1,6 @@
 """nightly_compression: new checkpoints → compressed variants → gates → MLflow registry.
 
-Wiring only. Every task calls one function in `tasks.pipeline`, which runs the same without
+Wiring only. Every task calls one function in `tasks.flow.pipeline`, which runs the same without
 Airflow (`slimline run`). Top-level code imports nothing heavy: the scheduler parses this often.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from tasks.errors import IncompleteRun, SlimlineError
-from tasks.settings import Settings
+from tasks.core.errors import IncompleteRun, SlimlineError
+from tasks.core.settings import Settings
 
 SETTINGS = Settings()
 # Steps that touch the object store or the tracking server retry with back-off.
@@ -58,7 +58,7 @@ def fail_fast_on_permanent_errors() -> Iterator[None]:
 def nightly_compression() -> None:
     @task(**NETWORK_RETRIES)
     def discover() -> list[str]:
-        from tasks.pipeline import discover
+        from tasks.flow.pipeline import discover
 
         params = get_current_context()["params"]
         if params["checkpoints"]:
@@ -68,7 +68,7 @@ def nightly_compression() -> None:
 
     @task(**NETWORK_RETRIES)
     def prepare(checkpoint_uri: str) -> dict[str, Any]:
-        from tasks.pipeline import prepare
+        from tasks.flow.pipeline import prepare
 
         context = get_current_context()
         run_label = f"airflow:{context['dag_run'].run_id}"
@@ -80,7 +80,7 @@ def nightly_compression() -> None:
     # plan and publish run for the others ("all_done" sees only the prepared that succeeded).
     @task(trigger_rule="all_done")
     def plan(prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from tasks.pipeline import Prepared, load_checked_recipe
+        from tasks.flow.pipeline import Prepared, load_checked_recipe
 
         jobs = []
         for item in prepared:
@@ -91,7 +91,7 @@ def nightly_compression() -> None:
 
     @task(map_index_template="{{ task.op_kwargs['job']['variant'] }}")
     def run_variant(job: dict[str, Any]) -> dict[str, Any]:
-        from tasks.pipeline import Prepared, run_variant
+        from tasks.flow.pipeline import Prepared, run_variant
 
         prepared = Prepared.model_validate(job["prepared"])
         with fail_fast_on_permanent_errors():
@@ -100,7 +100,7 @@ def nightly_compression() -> None:
 
     @task(**(NETWORK_RETRIES | {"trigger_rule": "all_done"}))
     def publish(results: list[dict[str, Any]], checkpoints: list[str]) -> list[dict[str, Any]]:
-        from tasks.pipeline import Prepared, VariantOutcome, publish
+        from tasks.flow.pipeline import Prepared, VariantOutcome, publish
 
         by_checkpoint: dict[str, tuple[Prepared, list[VariantOutcome]]] = {}
         for item in results:

@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tasks.errors import SlimlineError
-from tasks.settings import Settings
+from tasks.core.errors import SlimlineError
+from tasks.core.settings import Settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -20,9 +20,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tasks.demo import run_demo
-    from tasks.report import console
-    from tasks.teacher import TeacherConfig
+    from tasks.demo.runner import run_demo
+    from tasks.demo.teacher import TeacherConfig
+    from tasks.report.console import console
 
     teacher = TeacherConfig(train_examples=args.teacher_examples, epochs=args.teacher_epochs)
     settings = _settings(args)
@@ -33,8 +33,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tasks.pipeline import run_local
-    from tasks.report import print_summary
+    from tasks.flow.pipeline import run_local
+    from tasks.report.console import print_summary
 
     summary = run_local(_settings(args), args.recipe, args.checkpoint)
     print_summary(summary)
@@ -42,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
-    from tasks.orchestration import dags_test
+    from tasks.flow.orchestration import dags_test
 
     settings = _settings(args)
     conf = {
@@ -56,7 +56,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoints_list(args: argparse.Namespace) -> int:
-    from tasks.checkpoints import fetch, list_checkpoints
+    from tasks.intake.checkpoints import fetch, list_checkpoints
 
     settings = _settings(args)
     found = list_checkpoints(settings, args.prefix)
@@ -77,7 +77,7 @@ def cmd_checkpoints_list(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoints_verify(args: argparse.Namespace) -> int:
-    from tasks.checkpoints import fetch
+    from tasks.intake.checkpoints import fetch
 
     checkpoint = fetch(_settings(args), args.uri)
     print(f"ok {checkpoint.uri} sha256:{checkpoint.digest} ({checkpoint.model_type}) -> {checkpoint.path}")
@@ -96,7 +96,7 @@ def cmd_recipe_check(args: argparse.Namespace) -> int:
 
 
 def cmd_techniques(args: argparse.Namespace) -> int:
-    from tasks.techniques import TECHNIQUES
+    from tasks.compress.techniques import TECHNIQUES
 
     for name, spec in sorted(TECHNIQUES.items()):
         print(f"{name}  ({'/'.join(spec.accepts)} -> {spec.produces})  {spec.summary}")
@@ -106,8 +106,8 @@ def cmd_techniques(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from tasks.html_report import load_logged_validation, load_published_summary, write_report
-    from tasks.report import print_summary
+    from tasks.report.console import print_summary
+    from tasks.report.html import load_logged_validation, load_published_summary, write_report
 
     settings = _settings(args)
     summary = load_published_summary(settings, args.run_id)
@@ -118,9 +118,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_gate_check(args: argparse.Namespace) -> int:
-    from tasks.errors import GateFailed
-    from tasks.pipeline import recheck_version
-    from tasks.report import console, gate_table
+    from tasks.core.errors import GateFailed
+    from tasks.flow.pipeline import recheck_version
+    from tasks.report.console import console, gate_table
 
     result = recheck_version(_settings(args), args.model_version)
     out = console()

@@ -21,7 +21,7 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 for _name in [n for n in os.environ if n.startswith("SLIMLINE_")]:
     del os.environ[_name]
 
-from tasks.settings import Settings  # noqa: E402
+from tasks.core.settings import Settings  # noqa: E402
 from tests.factories import make_checkpoint  # noqa: E402
 
 

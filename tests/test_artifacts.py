@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tasks.artifacts import run_step, step_key
+from tasks.core.artifacts import run_step, step_key
 
 
 def test_second_run_reuses_and_does_no_work(tmp_path):

@@ -1,4 +1,4 @@
-"""tasks.checkpoints: listing, fetching, digests, the cache, and every refusal.
+"""tasks.intake.checkpoints: listing, fetching, digests, the cache, and every refusal.
 
 Each refusal test plants a bad checkpoint in a real store (a file:// root, or a bucket on the
 moto S3 server) and checks the error message, that nothing from it reached the cache, and that
@@ -19,7 +19,10 @@ from typing import Any
 
 import pytest
 
-from tasks.checkpoints import (
+from tasks.core.errors import CheckpointRefused
+from tasks.core.settings import Settings
+from tasks.core.store import FileStore, ObjectStore, S3Store, open_store, upload_tree
+from tasks.intake.checkpoints import (
     CheckpointInfo,
     VerifiedCheckpoint,
     content_digest,
@@ -27,9 +30,6 @@ from tasks.checkpoints import (
     list_checkpoints,
     verify_folder,
 )
-from tasks.errors import CheckpointRefused
-from tasks.settings import Settings
-from tasks.store import FileStore, ObjectStore, S3Store, open_store, upload_tree
 from tests.factories import make_checkpoint
 
 PREFIX = "nightly"

@@ -7,8 +7,8 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from tasks.errors import OrchestrationError
-from tasks.orchestration import DAGS_DIR, airflow_environment, dags_test
+from tasks.core.errors import OrchestrationError
+from tasks.flow.orchestration import DAGS_DIR, airflow_environment, dags_test
 from tests.tiny import publish, write_tiny_recipe
 
 PARSE = """

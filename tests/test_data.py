@@ -5,9 +5,15 @@ import json
 
 import pytest
 
-from tasks.data import build_demo_corpus, load_split, prepare_splits, read_examples, split
-from tasks.errors import DataError
-from tasks.recipe import DatasetConfig
+from tasks.core.errors import DataError
+from tasks.intake.data import (
+    DatasetConfig,
+    build_demo_corpus,
+    load_split,
+    prepare_splits,
+    read_examples,
+    split,
+)
 from tests.factories import LABELS, make_dataset
 
 

@@ -10,13 +10,10 @@ import transformers
 from pydantic import ValidationError
 from transformers import AutoTokenizer
 
-from tasks.data import load_split
-from tasks.errors import TechniqueError
-from tasks.models import keep_layers, load_classifier
-from tasks.techniques import ModelRef, TechniqueContext
-from tasks.techniques.distill import DistillConfig, distill_student
-from tasks.techniques.prune import HeadPruningConfig, prune_heads
-from tasks.training import (
+from tasks.compress.technique import TechniqueContext
+from tasks.compress.techniques.distill import DistillConfig, distill_student
+from tasks.compress.techniques.prune import HeadPruningConfig, prune_heads
+from tasks.compress.training import (
     TEACHER_LOGITS_FILE,
     TrainItem,
     TrainSettings,
@@ -25,6 +22,9 @@ from tasks.training import (
     teacher_logits,
     train_student,
 )
+from tasks.core.errors import TechniqueError
+from tasks.core.models import ModelRef, keep_layers, load_classifier
+from tasks.intake.data import load_split
 from tests.factories import make_checkpoint
 from tests.test_prune import assert_onnx_matches, out_dir, report, stock
 from tests.tiny import make_context

@@ -5,9 +5,16 @@ production) each fail on constructed predictions whose true difference is known.
 import numpy as np
 import pytest
 
-from tasks.evaluate import EvalMetrics
-from tasks.gates import ProductionReference, judge, mcnemar_exact, paired_bootstrap_drop, recall_drops
-from tasks.recipe import GateConfig, Target
+from tasks.gate.evaluate import EvalMetrics
+from tasks.gate.gates import (
+    GateConfig,
+    ProductionReference,
+    Target,
+    judge,
+    mcnemar_exact,
+    paired_bootstrap_drop,
+    recall_drops,
+)
 
 
 def pairs(n: int, base_only: int, variant_only: int, both: int) -> tuple[np.ndarray, ...]:

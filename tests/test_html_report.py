@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tasks import tracking
 from tasks.cli import main
-from tasks.evaluate import EvalMetrics
-from tasks.gates import Interval
-from tasks.html_report import REPORT_ARTIFACT, render_html, write_report
-from tasks.pipeline import run_local
-from tasks.report import print_summary
-from tasks.summary import Row, Summary
-from tasks.validation import ExpectationOutcome, SuiteResult, ValidationReport
+from tasks.flow.pipeline import run_local
+from tasks.gate.evaluate import EvalMetrics
+from tasks.gate.gates import Interval
+from tasks.intake.validation import ExpectationOutcome, SuiteResult, ValidationReport
+from tasks.registry import tracking
+from tasks.report.console import print_summary
+from tasks.report.html import REPORT_ARTIFACT, render_html, write_report
+from tasks.report.summary import Row, Summary
 from tests.tiny import publish, write_tiny_recipe
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -51,7 +51,7 @@ def embedded_png(page: str) -> bytes:
 
 
 def validation_report(example: str = "'ok' (line 3, neutral)") -> ValidationReport:
-    """A report as tasks.validation builds it: one passing suite, one failing with example rows."""
+    """A report as tasks.intake.validation builds it: one passing suite, one failing with example rows."""
     unique = ExpectationOutcome(
         expectation="expect_column_values_to_be_unique",
         columns=["text"],
@@ -79,7 +79,7 @@ def test_report_of_a_pipeline_run_and_its_regeneration(settings, tiny_checkpoint
     recipe = write_tiny_recipe(tmp_path / "recipe")
     summary = run_local(settings, recipe, publish(settings, tiny_checkpoint, "nightly/tiny"))
     validation = validation_report()
-    # Where a regeneration looks for it (tasks.validation.REPORT on the parent run).
+    # Where a regeneration looks for it (tasks.intake.validation.REPORT on the parent run).
     tracking.log_json(settings, summary.parent_run_id, "validation.json", validation.model_dump(mode="json"))
 
     path = write_report(settings, summary, validation)

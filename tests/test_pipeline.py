@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tasks.errors import CheckpointRefused, DataValidationError
-from tasks.pipeline import discover, run_local
-from tasks.settings import Settings
+from tasks.core.errors import CheckpointRefused, DataValidationError
+from tasks.core.settings import Settings
+from tasks.flow.pipeline import discover, run_local
 from tests.tiny import publish, write_tiny_recipe
 
 

@@ -9,13 +9,12 @@ import torch
 from pydantic import ValidationError
 from transformers import AutoModelForSequenceClassification
 
-from tasks.errors import TechniqueError
-from tasks.models import load_classifier
-from tasks.techniques import TECHNIQUES, ModelRef, TechniqueContext
-from tasks.techniques.onnx_export import OnnxExportConfig, export_onnx
-from tasks.techniques.onnx_optimize import OrtFusionConfig, ort_fusions
-from tasks.techniques.onnx_quantize import DynamicInt8Config, quantize_dynamic_int8
-from tasks.techniques.prune import (
+from tasks.compress.technique import TechniqueContext
+from tasks.compress.techniques import TECHNIQUES
+from tasks.compress.techniques.onnx_export import OnnxExportConfig, export_onnx
+from tasks.compress.techniques.onnx_optimize import OrtFusionConfig, ort_fusions
+from tasks.compress.techniques.onnx_quantize import DynamicInt8Config, quantize_dynamic_int8
+from tasks.compress.techniques.prune import (
     FfnPruningConfig,
     HeadPruningConfig,
     LayerPruningConfig,
@@ -27,6 +26,8 @@ from tasks.techniques.prune import (
     prune_layers,
     prune_magnitude,
 )
+from tasks.core.errors import TechniqueError
+from tasks.core.models import ModelRef, load_classifier
 from tests.factories import make_checkpoint
 from tests.test_techniques import TEXTS, onnx_logits, torch_logits
 from tests.tiny import make_context

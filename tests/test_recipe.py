@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tasks.errors import ConfigError
+from tasks.core.errors import ConfigError
 from tasks.recipe import load_recipe, parse_recipe
 
 DEMO = Path(__file__).resolve().parent.parent / "recipes" / "minilm-sentiment.yaml"

@@ -11,12 +11,12 @@ from mlflow import MlflowClient
 from transformers import AutoTokenizer
 
 from tasks.cli import main
-from tasks.data import read_examples, split
-from tasks.models import load_classifier
-from tasks.pipeline import run_local
+from tasks.compress.training import TrainItem, TrainSettings, train_student
+from tasks.core.models import load_classifier
+from tasks.core.settings import Settings
+from tasks.flow.pipeline import run_local
+from tasks.intake.data import read_examples, split
 from tasks.recipe import load_recipe
-from tasks.settings import Settings
-from tasks.training import TrainItem, TrainSettings, train_student
 from tests.factories import make_checkpoint
 from tests.tiny import publish, write_tiny_recipe
 

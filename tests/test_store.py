@@ -1,4 +1,4 @@
-"""tasks.store: FileStore and S3Store (against a real moto HTTP server), upload_tree, errors."""
+"""tasks.core.store: FileStore and S3Store (against a real moto HTTP server), upload_tree, errors."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import StoreError
-from tasks.settings import Settings
-from tasks.store import FileStore, ObjectStore, S3Store, open_store, upload_tree
+from tasks.core.errors import StoreError
+from tasks.core.settings import Settings
+from tasks.core.store import FileStore, ObjectStore, S3Store, open_store, upload_tree
 
 CLOSED_ENDPOINT = "http://127.0.0.1:9"  # the discard port: nothing listens there
 

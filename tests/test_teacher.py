@@ -1,10 +1,9 @@
 """Teacher fine-tuning runs the shared training loop, learns, saves a loadable checkpoint, and
 is cached like every other step."""
 
-from tasks.checkpoints import verify_folder
-from tasks.data import prepare_splits
-from tasks.recipe import DatasetConfig
-from tasks.teacher import MODEL_SUBDIR, TeacherConfig, finetune
+from tasks.demo.teacher import MODEL_SUBDIR, TeacherConfig, finetune
+from tasks.intake.checkpoints import verify_folder
+from tasks.intake.data import DatasetConfig, prepare_splits
 from tests.factories import LABELS, make_checkpoint, make_dataset
 
 

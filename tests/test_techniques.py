@@ -8,18 +8,20 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from tasks.errors import ConfigError, TechniqueError
-from tasks.evaluate import OnnxPredictor, model_size_bytes
-from tasks.techniques import TECHNIQUES, ModelRef, TechniqueContext, get_technique
-from tasks.techniques.onnx_export import OnnxExportConfig, export_onnx
-from tasks.techniques.onnx_fp16 import Fp16Config, quantize_fp16
-from tasks.techniques.onnx_optimize import OrtFusionConfig, ort_fusions
-from tasks.techniques.onnx_quantize import (
+from tasks.compress.technique import TechniqueContext
+from tasks.compress.techniques import TECHNIQUES, get_technique
+from tasks.compress.techniques.onnx_export import OnnxExportConfig, export_onnx
+from tasks.compress.techniques.onnx_fp16 import Fp16Config, quantize_fp16
+from tasks.compress.techniques.onnx_optimize import OrtFusionConfig, ort_fusions
+from tasks.compress.techniques.onnx_quantize import (
     DynamicInt8Config,
     StaticInt8Config,
     quantize_dynamic_int8,
     quantize_static_int8,
 )
+from tasks.core.errors import ConfigError, TechniqueError
+from tasks.core.models import ModelRef
+from tasks.gate.evaluate import OnnxPredictor, model_size_bytes
 from tests.factories import make_checkpoint
 from tests.tiny import make_context
 

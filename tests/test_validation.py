@@ -11,12 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.data import Example, load_split, prepare_splits, read_examples, split
-from tasks.errors import DataError, DataValidationError, SlimlineError
-from tasks.evaluate import write_predictions
-from tasks.recipe import DatasetConfig, ValidationConfig, load_recipe, parse_recipe
-from tasks.settings import Settings
-from tasks.validation import REPORT, ValidationReport, validate_predictions, validate_splits, write_report
+from tasks.core.errors import DataError, DataValidationError, SlimlineError
+from tasks.core.settings import Settings
+from tasks.gate.evaluate import write_predictions
+from tasks.intake.data import DatasetConfig, Example, load_split, prepare_splits, read_examples, split
+from tasks.intake.validation import (
+    REPORT,
+    ValidationConfig,
+    ValidationReport,
+    validate_predictions,
+    validate_splits,
+    write_report,
+)
+from tasks.recipe import load_recipe, parse_recipe
 from tests.factories import LABELS, make_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,7 +31,7 @@ CONFIG = ValidationConfig()
 
 
 def write_split(folder: Path, calibration: int = 20) -> tuple[Path, DatasetConfig]:
-    """The tiny generated dataset split as tasks.data does it (the sizes of tests/tiny.make_context)."""
+    """The tiny generated dataset split as tasks.intake.data does it (sizes of tests/tiny.make_context)."""
     data = make_dataset(folder / "tweets.csv")
     config = DatasetConfig(source=str(data), labels=LABELS, eval_size=40, calibration_size=calibration)
     split_dir = folder / "split"
@@ -352,7 +359,7 @@ def test_unreadable_predictions_are_a_data_error(tmp_path: Path):
 def test_demo_corpus_passes(settings: Settings, caplog: pytest.LogCaptureFixture):
     recipe = load_recipe(REPO / "recipes" / "minilm-sentiment.yaml")
     split_dir = prepare_splits(settings, recipe.dataset).path
-    caplog.set_level(logging.INFO, logger="tasks.validation")
+    caplog.set_level(logging.INFO, logger="tasks.intake.validation")
     started = time.perf_counter()
     report = validate_splits(split_dir, recipe.dataset, recipe.validation)
     seconds = time.perf_counter() - started

@@ -17,13 +17,15 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from tasks.data import load_split
-from tasks.errors import TechniqueError
-from tasks.evaluate import OnnxPredictor
-from tasks.techniques import TECHNIQUES, ModelRef, TechniqueContext
-from tasks.techniques import vocab as vocab_module
-from tasks.techniques.onnx_export import OnnxExportConfig, export_onnx
-from tasks.techniques.vocab import VocabTrimConfig, trim_vocabulary
+from tasks.compress.technique import TechniqueContext
+from tasks.compress.techniques import TECHNIQUES
+from tasks.compress.techniques import vocab as vocab_module
+from tasks.compress.techniques.onnx_export import OnnxExportConfig, export_onnx
+from tasks.compress.techniques.vocab import VocabTrimConfig, trim_vocabulary
+from tasks.core.errors import TechniqueError
+from tasks.core.models import ModelRef
+from tasks.gate.evaluate import OnnxPredictor
+from tasks.intake.data import load_split
 from tests.factories import LABELS, NEGATIVE_WORDS, NEUTRAL_WORDS, POSITIVE_WORDS, SUBJECTS
 from tests.tiny import make_context
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import yaml
 
-from tasks.data import read_examples, split
-from tasks.recipe import DatasetConfig
-from tasks.settings import Settings
-from tasks.store import open_store, upload_tree
-from tasks.techniques import ModelRef, TechniqueContext
+from tasks.compress.technique import TechniqueContext
+from tasks.core.models import ModelRef
+from tasks.core.settings import Settings
+from tasks.core.store import open_store, upload_tree
+from tasks.intake.data import DatasetConfig, read_examples, split
 from tests.factories import LABELS, make_dataset
 
 

@@ -1,0 +1,355 @@
+"""The one training loop behind recovery fine-tuning and distillation, and the cached teacher logits
+it learns from.
+
+`train_student` optimises a weighted sum of
+- soft-target KL to the teacher's logits at a temperature (Hinton et al. 2015), scaled by T²;
+- hard-label cross-entropy on the examples that carry a label (transfer examples do not);
+- hidden-state MSE between student layer i and its mapped teacher layer (over real tokens);
+- attention-distribution KL per head between the same layers (TinyBERT-style, eager attention).
+
+The teacher's logits come from `teacher_logits`: computed once over the whole training split and
+cached as a float32 `.npy` artifact keyed by the teacher, the split and the token limit, so neither
+a second epoch, nor another technique, nor a rerun forwards the teacher again. Batches group texts
+of similar length (`length_batches`): tweets are short, and random batches padded to their longest
+member spent about half of their compute on padding. Hidden-state and attention
+losses need the teacher's per-token states, which are too large to cache: when their weights are
+non-zero the teacher runs alongside the student on every batch.
+
+torch does the work (AdamW, clipping); transformers supplies the linear warm-up/decay schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+from tqdm import tqdm
+
+from tasks.core.artifacts import StepResult, run_step
+from tasks.core.errors import TechniqueError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from tasks.compress.technique import TechniqueContext
+
+log = logging.getLogger(__name__)
+
+TEACHER_LOGITS_STEP = "teacher.logits"
+TEACHER_LOGITS_FILE = "logits.npy"
+TRAINING_LOG_FILE = "training.json"
+CURVE_POINTS = 100  # loss-curve points kept per run, whatever its length
+MEGABATCH = 50  # batches per length-sorted group (as transformers' LengthGroupedSampler)
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    """One training text; `label` is None for transfer-set examples (soft targets only)."""
+
+    text: str
+    label: int | None
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation and loss weights of one `train_student` run."""
+
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    temperature: float = 1.0
+    kl_weight: float = 1.0
+    hard_weight: float = 0.0
+    hidden_weight: float = 0.0
+    attention_weight: float = 0.0
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+
+class TrainingLog(BaseModel):
+    """What one `train_student` run learned: the mean loss of each epoch and a loss curve
+    (window means of the total and of each active loss term, keyed by optimizer step)."""
+
+    epoch_losses: list[float]
+    curve: list[dict[str, float]]
+    steps: int
+    examples: int
+    seconds: float
+
+    def write(self, output_dir: Path) -> None:
+        (output_dir / TRAINING_LOG_FILE).write_text(self.model_dump_json(indent=1))
+
+
+def finish_training(output_dir: Path, training: TrainingLog, logits: StepResult | None) -> dict[str, Any]:
+    """Write the training log into the step's folder; return the report fields every trained
+    technique shares (epoch losses, and which teacher-logits artifact it learned from)."""
+    training.write(output_dir)
+    return {
+        "epoch_losses": training.epoch_losses,
+        "teacher_logits_key": logits.key if logits else None,
+        "teacher_logits_reused": logits.reused if logits else None,
+    }
+
+
+def read_training_log(step_dir: Path) -> TrainingLog | None:
+    """The training log a step left in its artifact folder, if it trained anything."""
+    path = step_dir / TRAINING_LOG_FILE
+    return TrainingLog.model_validate_json(path.read_text()) if path.exists() else None
+
+
+def length_batches(
+    lengths: Sequence[int], batch_size: int, generator: torch.Generator | None = None
+) -> list[list[int]]:
+    """Batches of indices whose texts have similar token counts, so padding wastes little compute.
+
+    Without a generator: all indices sorted by length (inference; callers restore the order).
+    With one: a random permutation cut into groups of MEGABATCH batches, each group sorted by
+    length and cut into batches, and the batch order shuffled: training still sees every example
+    once per epoch in a random mix, at a fraction of the padded tokens.
+    """
+    import torch
+
+    if generator is None:
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    permutation = torch.randperm(len(lengths), generator=generator).tolist()
+    group = batch_size * MEGABATCH
+    batches = []
+    for start in range(0, len(permutation), group):
+        members = sorted(permutation[start : start + group], key=lengths.__getitem__, reverse=True)
+        batches += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def token_lengths(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[int]:
+    """Token count of each text after truncation (special tokens included)."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
+def teacher_logits(
+    context: TechniqueContext, split: str = "train", batch_size: int = 64
+) -> tuple[np.ndarray, StepResult]:
+    """The teacher's logits over every example of `split` (rows in split order), from the artifact
+    cache or computed now. Computing the whole split once lets every technique that trains on
+    a slice of it (recovery fine-tuning, distillation with any transfer-set size) share one
+    artifact."""
+    import numpy as np
+
+    from tasks.intake.data import load_split
+
+    texts = [e.text for e in load_split(context.split_dir, split)]
+    if not texts:
+        raise TechniqueError(f"teacher logits: the {split} split has no examples")
+
+    def work(out: Path) -> dict[str, Any]:
+        import torch
+
+        from tasks.core.models import load_classifier, load_tokenizer
+
+        tokenizer = load_tokenizer(context.teacher.path)
+        teacher = load_classifier(context.teacher.path)
+        logits = np.zeros((len(texts), int(teacher.config.num_labels)), dtype=np.float32)
+        batches = length_batches(token_lengths(tokenizer, texts, context.max_length), batch_size)
+        with torch.inference_mode():
+            for index in tqdm(batches, desc="teacher logits", unit="batch"):
+                encoded = tokenizer(
+                    [texts[i] for i in index],
+                    padding=True,
+                    truncation=True,
+                    max_length=context.max_length,
+                    return_tensors="pt",
+                )
+                logits[index] = teacher(**encoded).logits.float().numpy()
+        np.save(out / TEACHER_LOGITS_FILE, logits, allow_pickle=False)
+        log.info("teacher logits: %d examples x %d labels", *logits.shape)
+        return {"examples": int(logits.shape[0]), "labels": int(logits.shape[1])}
+
+    result = run_step(
+        context.artifacts_dir,
+        TEACHER_LOGITS_STEP,
+        {"max_length": context.max_length, "split": split},
+        {"teacher": context.teacher_key, "split": context.split_key},
+        work,
+    )
+    logits = np.load(result.path / TEACHER_LOGITS_FILE, allow_pickle=False)
+    if logits.shape[0] != len(texts):  # pragma: no cover - the key includes the split's digest
+        raise TechniqueError(f"teacher logits at {result.path} have {logits.shape[0]} rows, not {len(texts)}")
+    return logits, result
+
+
+def _masked_mse(student: torch.Tensor, teacher: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over real (non-padding) tokens; `tokens` is batch × sequence of 0/1."""
+    weights = tokens.unsqueeze(-1).to(student.dtype)
+    return ((student - teacher) ** 2 * weights).sum() / (weights.sum() * student.shape[-1])
+
+
+def _attention_kl(student: torch.Tensor, teacher: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """KL(teacher ‖ student) of attention rows (batch × heads × query × key), averaged over the
+    heads given and over real query tokens; padded keys carry zero probability in both."""
+    eps = 1e-12
+    rows = (teacher * (teacher.clamp_min(eps).log() - student.clamp_min(eps).log())).sum(-1)
+    weights = tokens[:, None, :].to(rows.dtype).expand_as(rows)
+    return (rows * weights).sum() / weights.sum()
+
+
+def train_student(
+    student: Any,
+    teacher: Any | None,
+    items: Sequence[TrainItem],
+    settings: TrainSettings,
+    *,
+    tokenizer: Any,
+    max_length: int,
+    logits: np.ndarray | None = None,
+    layer_map: Mapping[int, int] | None = None,
+    live_heads: Sequence[Sequence[int]] | None = None,
+    desc: str = "train",
+) -> TrainingLog:
+    """Train `student` in place; return the epoch losses and the loss curve.
+
+    `logits` holds the teacher's logits row for row with `items` (see `teacher_logits`); it is
+    needed when `kl_weight` > 0. `teacher` (a model) is needed only for the hidden-state and
+    attention losses, which pair student layer i with teacher layer `layer_map[i]` and, for
+    attention, compare heads index for index, restricted to `live_heads[i]` (heads pruned to zero
+    have nothing to learn). Both models must use eager attention for the attention loss.
+
+    Narrower students: the hidden-state loss needs equal hidden sizes and the attention loss equal
+    head counts. When they differ the loss is skipped with a warning rather than bridged by a
+    learned projection, which would add parameters the exported model does not carry.
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers import get_linear_schedule_with_warmup
+
+    if not items:
+        raise TechniqueError(f"{desc}: no training examples")
+    if settings.kl_weight > 0 and (logits is None or len(logits) != len(items)):
+        raise TechniqueError(f"{desc}: kl_weight > 0 needs one row of teacher logits per training example")
+    if settings.hard_weight > 0 and all(item.label is None for item in items):
+        raise TechniqueError(f"{desc}: hard_weight > 0 but no training example carries a label")
+    use_hidden, use_attention = settings.hidden_weight > 0, settings.attention_weight > 0
+    if (use_hidden or use_attention) and teacher is None:
+        raise TechniqueError(f"{desc}: hidden_weight or attention_weight > 0 needs the teacher model")
+    reference_model: Any = teacher
+    pairs = sorted((layer_map or {}).items())
+    if use_hidden and student.config.hidden_size != reference_model.config.hidden_size:
+        log.warning(
+            "%s: student hidden size %d != teacher %d; hidden-state loss skipped",
+            desc,
+            student.config.hidden_size,
+            reference_model.config.hidden_size,
+        )
+        use_hidden = False
+    if use_attention and student.config.num_attention_heads != reference_model.config.num_attention_heads:
+        log.warning("%s: student and teacher head counts differ; attention loss skipped", desc)
+        use_attention = False
+    if (use_hidden or use_attention) and not pairs:
+        raise TechniqueError(f"{desc}: hidden or attention loss needs a student→teacher layer map")
+    heads = [list(h) for h in live_heads] if live_heads is not None else None
+
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    lengths = token_lengths(tokenizer, [item.text for item in items], max_length)
+    steps_per_epoch = -(-len(items) // settings.batch_size)
+    total = steps_per_epoch * settings.epochs
+    optimizer = torch.optim.AdamW(
+        student.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    schedule = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
+    soft_targets = torch.from_numpy(logits).float() if logits is not None else None
+    temperature = settings.temperature
+    if reference_model is not None:
+        reference_model.eval()
+    student.train()
+    epoch_losses: list[float] = []
+    curve: list[dict[str, float]] = []
+    window: dict[str, list[float]] = {}
+    every = max(1, total // CURVE_POINTS)
+    step = 0
+    started = time.perf_counter()
+    with tqdm(total=total, desc=desc, unit="step") as progress:
+        for epoch in range(settings.epochs):
+            summed = 0.0
+            for index in length_batches(lengths, settings.batch_size, generator):
+                batch = [items[i] for i in index]
+                encoded = tokenizer(
+                    [item.text for item in batch],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                )
+                out = student(**encoded, output_hidden_states=use_hidden, output_attentions=use_attention)
+                terms: dict[str, torch.Tensor] = {}
+                if settings.kl_weight > 0 and soft_targets is not None:
+                    targets = F.softmax(soft_targets[index] / temperature, dim=-1)
+                    kl = F.kl_div(
+                        F.log_softmax(out.logits / temperature, dim=-1), targets, reduction="batchmean"
+                    )
+                    terms["kl"] = settings.kl_weight * kl * temperature**2
+                labelled = [(row, item.label) for row, item in enumerate(batch) if item.label is not None]
+                if settings.hard_weight > 0 and labelled:
+                    rows = torch.tensor([row for row, _ in labelled])
+                    labels = torch.tensor([label for _, label in labelled])
+                    terms["hard"] = settings.hard_weight * F.cross_entropy(out.logits[rows], labels)
+                if use_hidden or use_attention:
+                    with torch.no_grad():
+                        reference = reference_model(
+                            **encoded, output_hidden_states=use_hidden, output_attentions=use_attention
+                        )
+                    tokens = encoded["attention_mask"]
+                    for s_layer, t_layer in pairs:
+                        if use_hidden:
+                            # hidden_states[0] is the embedding output; layer i's output is i + 1.
+                            mse = _masked_mse(
+                                out.hidden_states[s_layer + 1], reference.hidden_states[t_layer + 1], tokens
+                            )
+                            terms["hidden"] = terms.get("hidden", 0) + settings.hidden_weight * mse / len(
+                                pairs
+                            )
+                        if use_attention:
+                            if out.attentions is None or reference.attentions is None:
+                                raise TechniqueError(f"{desc}: the attention loss needs eager attention")
+                            keep = heads[s_layer] if heads is not None else None
+                            s_att, t_att = out.attentions[s_layer], reference.attentions[t_layer]
+                            if keep is not None:
+                                s_att, t_att = s_att[:, keep], t_att[:, keep]
+                            att = _attention_kl(s_att, t_att, tokens)
+                            terms["attention"] = terms.get(
+                                "attention", 0
+                            ) + settings.attention_weight * att / len(pairs)
+                loss = sum(terms.values(), out.logits.new_zeros(()))
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(student.parameters(), settings.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad()
+                step += 1
+                value = float(loss.item())
+                summed += value * len(batch)
+                for name, term in {"loss": loss, **terms}.items():
+                    window.setdefault(name, []).append(float(term.item()))
+                if step % every == 0 or step == total:
+                    curve.append({"step": step} | {k: round(sum(v) / len(v), 6) for k, v in window.items()})
+                    window = {}
+                progress.update()
+                progress.set_postfix(loss=f"{curve[-1]['loss'] if curve else value:.4f}")
+            epoch_losses.append(round(summed / len(items), 6))
+            log.info("%s: epoch %d/%d mean loss %.4f", desc, epoch + 1, settings.epochs, epoch_losses[-1])
+    student.eval()
+    return TrainingLog(
+        epoch_losses=epoch_losses,
+        curve=curve,
+        steps=step,
+        examples=len(items),
+        seconds=round(time.perf_counter() - started, 1),
+    )

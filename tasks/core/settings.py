@@ -1,0 +1,91 @@
+"""The one settings object. Every value can be set with a `SLIMLINE_` environment variable."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where slimline keeps its state and which services it talks to."""
+
+    model_config = SettingsConfigDict(env_prefix="SLIMLINE_", extra="forbid")
+
+    home: Path = Field(
+        default=Path(".slimline"),
+        description="Root for caches, artifacts, the Airflow and MLflow databases.",
+    )
+    checkpoint_store: str = Field(
+        default="",
+        description="Checkpoint store URI (file:///... or s3://bucket/prefix); default <home>/store.",
+    )
+    mlflow_tracking_uri: str = Field(
+        default="", description="MLflow tracking URI; default a SQLite file in the home."
+    )
+    artifact_root: str = Field(default="", description="MLflow artifact root; default <home>/mlartifacts.")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="Endpoint of an S3-compatible store (MinIO, moto, ...)."
+    )
+    registered_model_prefix: str = Field(
+        default="", description="Prefix for registered model names (e.g. a team name)."
+    )
+    nightly_schedule: str = Field(
+        default="0 2 * * *", description="Cron schedule of the nightly_compression DAG."
+    )
+    recipe: Path = Field(
+        default=Path(__file__).resolve().parents[2] / "recipes" / "minilm-sentiment.yaml",
+        description="Recipe the scheduled DAG runs when a run names none.",
+    )
+    max_checkpoint_bytes: int = Field(
+        default=4 * 1024**3, description="Largest checkpoint slimline will fetch, in bytes."
+    )
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @cached_property
+    def store_uri(self) -> str:
+        return self.checkpoint_store or (self.home / "store").as_uri()
+
+    @cached_property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @cached_property
+    def mlflow_artifact_root(self) -> str:
+        return self.artifact_root or (self.home / "mlartifacts").as_uri()
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Content-addressed step outputs (see tasks.core.artifacts)."""
+        return self.home / "artifacts"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Verified checkpoints fetched from the store, by content digest."""
+        return self.home / "cache"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    def environment(self) -> dict[str, str]:
+        """The variables that make a child process (Airflow, a container) see these settings."""
+        env = {
+            "SLIMLINE_HOME": str(self.home),
+            "SLIMLINE_CHECKPOINT_STORE": self.store_uri,
+            "SLIMLINE_MLFLOW_TRACKING_URI": self.tracking_uri,
+            "SLIMLINE_ARTIFACT_ROOT": self.mlflow_artifact_root,
+            "SLIMLINE_NIGHTLY_SCHEDULE": self.nightly_schedule,
+            "SLIMLINE_RECIPE": str(self.recipe),
+            "SLIMLINE_REGISTERED_MODEL_PREFIX": self.registered_model_prefix,
+            "SLIMLINE_MAX_CHECKPOINT_BYTES": str(self.max_checkpoint_bytes),
+        }
+        if self.s3_endpoint_url:
+            env["SLIMLINE_S3_ENDPOINT_URL"] = self.s3_endpoint_url
+        return env

@@ -1,0 +1,182 @@
+"""Object stores: a local `file://` root or an S3 bucket (any S3-compatible endpoint), one interface.
+
+Writers never expose a half-written object: files go to a temporary name and are renamed
+(file://), and S3 puts are atomic per object; multi-object writers put their marker key last.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
+
+from tasks.core.errors import StoreError
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object: its key relative to the store root, size in bytes and a change tag."""
+
+    key: str
+    size: int
+    etag: str
+
+
+class ObjectStore(Protocol):
+    uri: str
+
+    def list(self, prefix: str) -> list[ObjectInfo]: ...
+
+    def download(self, key: str, dest: Path) -> None: ...
+
+    def upload(self, src: Path, key: str) -> None: ...
+
+
+def _clean_prefix(prefix: str) -> str:
+    return prefix.strip("/")
+
+
+class FileStore:
+    """A directory tree on a local or mounted file system."""
+
+    def __init__(self, uri: str, root: Path) -> None:
+        self.uri = uri.rstrip("/")
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise StoreError(f"key {key!r} escapes the store root {self.uri}")
+        return path
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        if not self.root.is_dir():
+            raise StoreError(f"store {self.uri} is unreachable: {self.root} is not a directory")
+        base = self._path(_clean_prefix(prefix)) if prefix.strip("/") else self.root.resolve()
+        if not base.exists():
+            return []
+        found = []
+        for path in sorted(base.rglob("*")):
+            # Symlinks are skipped: a link could point anywhere on this machine.
+            if path.is_symlink() or not path.is_file() or ".tmp-" in path.name:
+                continue
+            stat = path.stat()
+            key = path.relative_to(self.root.resolve()).as_posix()
+            found.append(ObjectInfo(key=key, size=stat.st_size, etag=str(stat.st_mtime_ns)))
+        return found
+
+    def download(self, key: str, dest: Path) -> None:
+        src = self._path(key)
+        if not src.is_file():
+            raise StoreError(f"{self.uri}/{key} does not exist")
+        shutil.copyfile(src, dest)
+
+    def upload(self, src: Path, key: str) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.tmp-")
+        os.close(fd)
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+
+
+class S3Store:
+    """A bucket (and optional prefix) on S3 or an S3-compatible server, through boto3."""
+
+    def __init__(self, uri: str, bucket: str, base: str, endpoint_url: str | None) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.uri = uri.rstrip("/")
+        self.bucket = bucket
+        self.base = _clean_prefix(base)
+        # Short timeouts and a few retries: an unreachable store should fail in seconds,
+        # and the DAG's own retries with back-off handle longer outages.
+        config = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
+        self.client: Any = boto3.client("s3", endpoint_url=endpoint_url, config=config)
+
+    def _key(self, key: str) -> str:
+        return f"{self.base}/{key}" if self.base else key
+
+    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(**kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "error")
+            raise StoreError(f"{what} failed on {self.uri}: {code}") from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"store {self.uri} is unreachable: {exc}") from exc
+        except Boto3Error as exc:
+            # upload_file turns a ClientError (NoSuchBucket, AccessDenied, ...) into
+            # S3UploadFailedError, which is neither of the above.
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, ClientError):
+                code = cause.response.get("Error", {}).get("Code", "error")
+                raise StoreError(f"{what} failed on {self.uri}: {code}") from exc
+            raise StoreError(f"{what} failed on {self.uri}: {exc}") from exc
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        clean = _clean_prefix(prefix)
+        # `_key("")` would be "base/", and a second "/" would then list nothing.
+        full = self._key(clean) if clean else self.base
+        full = f"{full}/" if full else ""
+        paginator = self.client.get_paginator("list_objects_v2")
+        found = []
+        pages = self._call("listing", lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)))
+        for page in pages:
+            for obj in page.get("Contents", []):
+                if obj["Key"].endswith("/"):
+                    continue  # a "folder" marker made by consoles, not an object
+                key = obj["Key"][len(self.base) + 1 :] if self.base else obj["Key"]
+                found.append(ObjectInfo(key=key, size=int(obj["Size"]), etag=obj["ETag"].strip('"')))
+        return sorted(found, key=lambda o: o.key)
+
+    def download(self, key: str, dest: Path) -> None:
+        self._call(
+            f"download of {key}",
+            self.client.download_file,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Filename=str(dest),
+        )
+
+    def upload(self, src: Path, key: str) -> None:
+        self._call(
+            f"upload of {key}",
+            self.client.upload_file,
+            Filename=str(src),
+            Bucket=self.bucket,
+            Key=self._key(key),
+        )
+
+
+def open_store(uri: str, s3_endpoint_url: str | None = None) -> ObjectStore:
+    """Open `file:///path` or `s3://bucket/prefix`; anything else is refused."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        # Path.as_uri() percent-encodes (a space is %20): decode back to the real path.
+        return FileStore(uri, Path(unquote(parsed.path)))
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise StoreError(f"store URI {uri!r} names no bucket (expected s3://bucket/prefix)")
+        return S3Store(uri, parsed.netloc, parsed.path, s3_endpoint_url)
+    raise StoreError(f"store URI {uri!r} is not supported; allowed: file:///path, s3://bucket/prefix")
+
+
+def upload_tree(store: ObjectStore, src: Path, prefix: str, last: str | None = None) -> None:
+    """Upload every file under `src` below `prefix`, putting `last` (a marker file) after the rest."""
+    clean = _clean_prefix(prefix)
+    marker = _clean_prefix(last) if last else None
+    files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    # Match the marker by its path below `src`: a same-named file in a subfolder
+    # (e.g. onnx/config.json) must not be put after it.
+    files.sort(key=lambda rel: rel == marker)
+    for rel in files:
+        store.upload(src / rel, f"{clean}/{rel}" if clean else rel)

@@ -1,0 +1,146 @@
+"""Runs the DAGs through real Airflow on this machine: `airflow dags test` against a SQLite
+metadata database under the slimline home. At scale, the same DAG files run on a deployed
+Airflow; nothing here is needed there."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from tasks.core.errors import OrchestrationError, SlimlineError
+from tasks.core.settings import Settings
+from tasks.core.version import REPO_DIR
+
+log = logging.getLogger(__name__)
+
+DAGS_DIR = REPO_DIR / "dags"
+FINISHED = re.compile(r"DagRun Finished: .*?run_id=(?P<run_id>[^,]+),.*?state=(?P<state>\w+)")
+TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(?P<task>\S+)(?: map_index=(?P<index>-?\d+))?")
+
+
+class DagRunResult(BaseModel):
+    dag_id: str
+    run_id: str
+    state: str
+    seconds: float
+    peak_rss_mb: float
+    log_path: Path
+
+    @property
+    def run_label(self) -> str:
+        return f"airflow:{self.run_id}"
+
+
+def airflow_environment(settings: Settings) -> dict[str, str]:
+    home = settings.airflow_home
+    return {
+        **os.environ,
+        **settings.environment(),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def _airflow() -> str:
+    return str(Path(sys.executable).with_name("airflow"))
+
+
+def ensure_database(settings: Settings) -> None:
+    """Create or upgrade the Airflow metadata DB (idempotent; fast when current)."""
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    marker = settings.airflow_home / ".migrated"
+    if marker.exists():
+        return
+    proc = subprocess.run(
+        [_airflow(), "db", "migrate"],
+        env=airflow_environment(settings),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise OrchestrationError(f"airflow db migrate failed: {tail[0]}")
+    marker.touch()
+
+
+def dags_test(settings: Settings, dag_id: str, conf: dict[str, Any], echo: bool = True) -> DagRunResult:
+    """Run one real DAG run in-process with `airflow dags test`; show each task as it ends."""
+    ensure_database(settings)
+    logs = settings.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{dag_id}-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
+    command = [_airflow(), "dags", "test", dag_id, "--conf", json.dumps(conf)]
+    started = time.perf_counter()
+    finished: dict[str, str] = {}
+    with log_path.open("w") as sink:
+        proc = subprocess.Popen(
+            command,
+            env=airflow_environment(settings),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sink.write(line)
+            if (end := TASK_END.search(line)) and echo:
+                index = end["index"]
+                label = end["task"] if index in (None, "-1") else f"{end['task']}[{index}]"
+                print(f"  [{time.perf_counter() - started:6.1f}s] {label} done", flush=True)
+            if match := FINISHED.search(line):
+                finished = match.groupdict()
+        returncode = proc.wait()
+    seconds = time.perf_counter() - started
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if not finished:
+        raise OrchestrationError(
+            f"airflow dags test {dag_id} exited {returncode} without finishing a run; log: {log_path}"
+        )
+    result = DagRunResult(
+        dag_id=dag_id,
+        run_id=finished["run_id"],
+        state=finished["state"],
+        seconds=round(seconds, 1),
+        peak_rss_mb=round(peak_kb / 1024, 1),
+        log_path=log_path,
+    )
+    if result.state != "success":
+        raise OrchestrationError(
+            f"DAG run {result.run_id} of {dag_id} ended {result.state}: {_first_error(log_path)}; "
+            f"log: {log_path}"
+        )
+    return result
+
+
+def _first_error(log_path: Path) -> str:
+    """The first error a task raised, for the one-line message: slimline's own errors first
+    (they say what is wrong and what is allowed), else any exception line."""
+    ours = "|".join(sorted(_error_names(SlimlineError)))
+    lines = log_path.read_text(errors="replace").splitlines()
+    for pattern in (rf"\b({ours}): (.+)", r"(\w+Error|\w+Exception): (.+)"):
+        for line in lines:
+            if match := re.search(pattern, line):
+                return f"{match[1]}: {match[2].strip()}"[:500]
+    return "a task failed"
+
+
+def _error_names(cls: type[SlimlineError]) -> set[str]:
+    return {cls.__name__}.union(*(_error_names(sub) for sub in cls.__subclasses__()))

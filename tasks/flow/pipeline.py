@@ -1,0 +1,483 @@
+"""The nightly pipeline as plain functions: the DAG calls them task by task, and
+`slimline run` calls them in one process. Inputs and outputs are small JSON-able records."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from tasks.compress.technique import TechniqueContext
+from tasks.compress.techniques import get_technique
+from tasks.compress.training import TRAINING_LOG_FILE, TrainingLog, read_training_log
+from tasks.core.artifacts import StepResult, run_step
+from tasks.core.errors import ConfigError, DataValidationError, IncompleteRun
+from tasks.core.models import ModelRef
+from tasks.core.settings import Settings
+from tasks.core.version import code_commit
+from tasks.gate.evaluate import PREDICTIONS, evaluate, metrics_of, read_predictions
+from tasks.gate.evaluate import model_size_bytes as weights_bytes
+from tasks.gate.gates import ProductionReference, Verdict, judge
+from tasks.intake.checkpoints import VerifiedCheckpoint, fetch, known_digest, list_checkpoints
+from tasks.intake.data import prepare_splits
+from tasks.intake.validation import REPORT as VALIDATION_REPORT
+from tasks.intake.validation import ValidationReport, validate_predictions, validate_split_step
+from tasks.recipe import Recipe, load_recipe
+from tasks.registry import tracking
+from tasks.registry.versions import (
+    RECIPE_ARTIFACT,
+    Recheck,
+    evaluate_version,
+    get_version,
+    parse_version,
+    production_predictions,
+)
+from tasks.report.html import write_report
+from tasks.report.summary import Row, Summary
+
+log = logging.getLogger(__name__)
+
+
+class Prepared(BaseModel):
+    """One checkpoint, fetched, verified, with its data split and baseline evaluation."""
+
+    recipe_path: Path
+    recipe_digest: str
+    run_label: str
+    checkpoint: VerifiedCheckpoint
+    split: StepResult
+    baseline: StepResult
+    parent_run_id: str
+    validation: ValidationReport  # the split's suites and the baseline's predictions suite
+    steps_computed: int
+    steps_reused: int
+
+
+class VariantOutcome(BaseModel):
+    variant: str
+    steps: list[str]
+    model: ModelRef
+    model_key: str
+    evaluation: StepResult
+    verdict: Verdict
+    validation: ValidationReport  # the variant's predictions suite
+    run_id: str
+    steps_computed: int
+    steps_reused: int
+    produce_seconds: float  # compute time of its technique steps, when they were computed
+    step_seconds: list[float]  # the same per step (a step shared with another variant counts in both)
+    seconds: float
+
+
+def load_checked_recipe(path: Path, digest: str | None = None) -> Recipe:
+    recipe = load_recipe(path)
+    if digest is not None and recipe.digest != digest:
+        raise ConfigError(
+            f"recipe {path} changed during the run (digest {recipe.digest[:12]}, "
+            f"expected {digest[:12]}); start a new run"
+        )
+    return recipe
+
+
+def discover(settings: Settings, recipe_path: Path, prefix: str = "") -> list[str]:
+    """Checkpoints under `prefix` not yet processed with this recipe. A checkpoint whose
+    listing changed since it was last fetched counts as new; `prepare` fetches and verifies."""
+    recipe = load_recipe(recipe_path)
+    pending = []
+    for info in list_checkpoints(settings, prefix):
+        digest = known_digest(settings, info.uri, info.fingerprint)
+        if digest and tracking.processed(settings, recipe, digest):
+            log.info("skipping %s: digest %s already processed", info.uri, digest[:12])
+            continue
+        pending.append(info.uri)
+    log.info("discovered %d checkpoint(s) to process", len(pending))
+    return pending
+
+
+def _count(results: list[StepResult]) -> tuple[int, int]:
+    reused = sum(r.reused for r in results)
+    return len(results) - reused, reused
+
+
+def prepare(settings: Settings, recipe_path: Path, checkpoint_uri: str, run_label: str) -> Prepared:
+    """Fetch and verify the checkpoint, split and validate the data, evaluate the baseline, open
+    the parent run. Failed data validation is logged to the parent run, which ends FAILED (so the
+    next night tries the checkpoint again), and raises DataValidationError before any compute."""
+    recipe = load_recipe(recipe_path)
+    checkpoint = fetch(settings, checkpoint_uri)
+    split = prepare_splits(settings, recipe.dataset)
+    parent = tracking.start_parent_run(
+        settings,
+        recipe,
+        run_label,
+        tags={
+            "checkpoint_uri": checkpoint.uri,
+            "checkpoint_digest": checkpoint.digest,
+            "recipe_name": recipe.name,
+            "recipe_digest": recipe.digest,
+            "dataset_digest": split.key,
+            "code_commit": code_commit(),
+        },
+    )
+    tracking.log_text(settings, parent, RECIPE_ARTIFACT, Path(recipe_path).read_text(encoding="utf-8"))
+    validation = validate_split_step(settings.artifacts_dir, split, recipe.dataset, recipe.validation)
+    baseline = None
+    if validation.success:
+        baseline = evaluate_baseline(settings, recipe, checkpoint, split)
+        validation = ValidationReport(
+            suites=validation.suites + check_predictions(recipe, baseline, "baseline").suites
+        )
+    tracking.log_json(settings, parent, VALIDATION_REPORT, validation.model_dump(mode="json"))
+    if baseline is None or not validation.success:
+        tracking.finish_parent_run(settings, parent, {"status": "data validation failed"}, status="FAILED")
+        raise DataValidationError(validation.message())
+    metrics = metrics_of(baseline)
+    tracking.log_metrics(
+        settings,
+        parent,
+        {
+            "baseline_accuracy": metrics.accuracy,
+            "baseline_latency_p50_ms": metrics.latency_p50_ms,
+            "baseline_latency_p95_ms": metrics.latency_p95_ms,
+            "baseline_size_mb": metrics.size_bytes / 1e6,
+        },
+    )
+    computed, reused = _count([split, baseline])
+    return Prepared(
+        recipe_path=Path(recipe_path).resolve(),
+        recipe_digest=recipe.digest,
+        run_label=run_label,
+        checkpoint=checkpoint,
+        split=split,
+        baseline=baseline,
+        parent_run_id=parent,
+        validation=validation,
+        steps_computed=computed,
+        steps_reused=reused,
+    )
+
+
+def evaluate_baseline(
+    settings: Settings, recipe: Recipe, checkpoint: VerifiedCheckpoint, split: StepResult
+) -> StepResult:
+    """The checkpoint itself evaluated on the split (cached by its digest): what variants face."""
+    model = ModelRef(path=checkpoint.path, format="hf")
+    return evaluate(settings, model, checkpoint.digest, split, recipe.dataset, recipe.evaluation)
+
+
+def check_predictions(recipe: Recipe, evaluation: StepResult, name: str) -> ValidationReport:
+    """The predictions suite over one evaluation, named after the model it judged."""
+    report = validate_predictions(
+        evaluation.path / PREDICTIONS,
+        recipe.dataset.labels,
+        metrics_of(evaluation).examples,
+        recipe.validation,
+    )
+    return ValidationReport(suites=[s.model_copy(update={"data": name}) for s in report.suites])
+
+
+def compress(
+    settings: Settings, recipe: Recipe, variant: str, checkpoint: VerifiedCheckpoint, split: StepResult
+) -> tuple[ModelRef, list[StepResult]]:
+    """Apply the variant's techniques in order, each a cached step keyed by its input model
+    (and, for techniques that read data, by the split and the teacher checkpoint)."""
+    teacher = ModelRef(path=checkpoint.path, format="hf")
+    context = TechniqueContext(
+        split_dir=split.path,
+        split_key=split.key,
+        labels=recipe.dataset.labels,
+        max_length=recipe.dataset.max_length,
+        teacher=teacher,
+        teacher_key=checkpoint.digest,
+        artifacts_dir=settings.artifacts_dir,
+    )
+    model, key = teacher, checkpoint.digest
+    results = []
+    for step in recipe.variant(variant).steps:
+        spec = get_technique(step.technique)
+        config = spec.config.model_validate(step.config)
+        inputs = {"model": key}
+        if spec.uses_data:
+            inputs |= {"split": split.key, "teacher": checkpoint.digest}
+
+        def work(
+            out: Path, source: ModelRef = model, cfg: Any = config, run: Any = spec.run
+        ) -> dict[str, Any]:
+            produced = run(source, cfg, out, context)
+            return {"format": produced.format, "size_bytes": weights_bytes(out)}
+
+        result = run_step(settings.artifacts_dir, f"technique/{spec.name}", config, inputs, work)
+        results.append(result)
+        model, key = ModelRef(path=result.path, format=spec.produces), result.key
+    return model, results
+
+
+def training_curves(
+    steps: list[str], trainings: dict[int, TrainingLog | None]
+) -> dict[str, list[tuple[int, float]]]:
+    """MLflow metric series of every trained step: `train/<i>-<technique>/<term>` by optimizer step."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for i, training in trainings.items():
+        for point in training.curve if training else []:
+            for term, value in point.items():
+                if term != "step":
+                    curves.setdefault(f"train/{i}-{steps[i]}/{term}", []).append((int(point["step"]), value))
+    return curves
+
+
+def gate_verdict(
+    settings: Settings,
+    recipe: Recipe,
+    name: str,
+    baseline: StepResult,
+    evaluation: StepResult,
+    split: StepResult,
+) -> tuple[Verdict, ValidationReport]:
+    """Validate a model's predictions and apply the recipe's gates: the one judgment behind the
+    nightly run and `slimline gate check`. Invalid predictions raise DataValidationError."""
+    validation = check_predictions(recipe, evaluation, name)
+    if not validation.success:
+        raise DataValidationError(f"{name}: {validation.message()}")
+    labels, baseline_predictions = read_predictions(baseline.path)
+    _, predictions = read_predictions(evaluation.path)
+    production = None
+    if recipe.gates.max_regression_vs_production is not None:
+        released = production_predictions(settings, recipe, split)
+        if released is not None:
+            production = ProductionReference(version=released[0].version, predictions=released[1])
+    verdict = judge(
+        recipe.gates,
+        labels,
+        baseline_predictions,
+        predictions,
+        metrics_of(evaluation),
+        label_names=recipe.dataset.labels,
+        targets=recipe.targets,
+        production=production,
+    )
+    return verdict, validation
+
+
+def recheck_version(settings: Settings, model_version: str) -> Recheck:
+    """Judge NAME/VERSION again: its recipe from its parent run, its checkpoint from the store
+    (the digest must still match), the data split, the baseline and the version evaluated
+    (evaluations are cached artifacts: unchanged model, data and code reuse them)."""
+    ref = get_version(settings, *parse_version(model_version))
+    lineage = ref.lineage
+    missing = [
+        k
+        for k in ("parent_run_id", "checkpoint_uri", "checkpoint_digest", "recipe_digest")
+        if k not in lineage
+    ]
+    if missing:
+        raise ConfigError(
+            f"{ref.label} lacks lineage tags {', '.join(missing)}; it was not registered by slimline"
+        )
+    recipe_path = settings.cache_dir / "recipes" / f"{lineage['recipe_digest']}.yaml"
+    if not recipe_path.exists():
+        recipe_path.parent.mkdir(parents=True, exist_ok=True)
+        text = tracking.load_text(settings, lineage["parent_run_id"], RECIPE_ARTIFACT)
+        staging = recipe_path.with_suffix(f".tmp-{uuid.uuid4().hex}")
+        staging.write_text(text, encoding="utf-8")
+        staging.replace(recipe_path)
+    recipe = load_checked_recipe(recipe_path, lineage["recipe_digest"])
+    checkpoint = fetch(settings, lineage["checkpoint_uri"])
+    if checkpoint.digest != lineage["checkpoint_digest"]:
+        raise ConfigError(
+            f"{ref.label}: checkpoint {checkpoint.uri} now has digest {checkpoint.digest[:12]}, not the "
+            f"{lineage['checkpoint_digest'][:12]} it was produced from; its baseline is gone"
+        )
+    split = prepare_splits(settings, recipe.dataset)
+    baseline = evaluate_baseline(settings, recipe, checkpoint, split)
+    evaluation = evaluate_version(settings, ref, recipe, split)
+    verdict, _ = gate_verdict(settings, recipe, ref.label, baseline, evaluation, split)
+    return Recheck(
+        version=ref,
+        verdict=verdict,
+        metrics=metrics_of(evaluation),
+        baseline=metrics_of(baseline),
+        same_data=split.key == lineage.get("dataset_digest"),
+    )
+
+
+def run_variant(settings: Settings, prepared: Prepared, variant: str) -> VariantOutcome:
+    """Compress, evaluate and gate one variant, and log it as a child run."""
+    started = time.perf_counter()
+    recipe = load_checked_recipe(prepared.recipe_path, prepared.recipe_digest)
+    model, step_results = compress(settings, recipe, variant, prepared.checkpoint, prepared.split)
+    evaluation = evaluate(
+        settings, model, step_results[-1].key, prepared.split, recipe.dataset, recipe.evaluation
+    )
+    verdict, validation = gate_verdict(
+        settings, recipe, variant, prepared.baseline, evaluation, prepared.split
+    )
+    metrics = metrics_of(evaluation)
+    steps = [s.technique for s in recipe.variant(variant).steps]
+    trainings = {i: read_training_log(r.path) for i, r in enumerate(step_results)}
+    run_id = tracking.log_variant_run(
+        settings,
+        recipe,
+        prepared.parent_run_id,
+        variant,
+        params={"steps": " > ".join(steps)}
+        | {f"step{i}.{s.technique}": s.config for i, s in enumerate(recipe.variant(variant).steps)},
+        metrics={
+            "accuracy": metrics.accuracy,
+            "accuracy_drop_pts": verdict.accuracy_drop.point,
+            "accuracy_drop_low_pts": verdict.accuracy_drop.low,
+            "accuracy_drop_high_pts": verdict.accuracy_drop.high,
+            "latency_p50_ms": metrics.latency_p50_ms,
+            "latency_p95_ms": metrics.latency_p95_ms,
+            "size_mb": metrics.size_bytes / 1e6,
+        }
+        | {f"recall_{k}": v for k, v in metrics.recall_per_class.items()},
+        tags={"passed": verdict.passed, "verdict": verdict.summary, "artifact_key": evaluation.key},
+        json_artifacts={
+            "gates.json": verdict.model_dump(mode="json"),
+            VALIDATION_REPORT: validation.model_dump(mode="json"),
+        },
+        artifacts={"predictions": evaluation.path / "predictions.csv"}
+        | {
+            f"manifests/{i}-{r.manifest.step.replace('/', '_')}": r.path / "manifest.json"
+            for i, r in enumerate([*step_results, evaluation])
+        }
+        | {
+            f"training/{i}-{steps[i]}": r.path / TRAINING_LOG_FILE
+            for i, r in enumerate(step_results)
+            if trainings[i]
+        },
+        curves=training_curves(steps, trainings),
+    )
+    computed, reused = _count([*step_results, evaluation])
+    return VariantOutcome(
+        variant=variant,
+        steps=steps,
+        model=model,
+        model_key=step_results[-1].key,
+        evaluation=evaluation,
+        verdict=verdict,
+        validation=validation,
+        run_id=run_id,
+        steps_computed=computed,
+        steps_reused=reused,
+        produce_seconds=round(sum(r.manifest.seconds for r in step_results), 1),
+        step_seconds=[round(r.manifest.seconds, 1) for r in step_results],
+        seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcome]) -> Summary:
+    """Register the passing variants (fastest last, so the newest version is the best one),
+    move the `candidate` alias to it, and close the parent run with a summary."""
+    recipe = load_checked_recipe(prepared.recipe_path, prepared.recipe_digest)
+    missing = sorted({v.name for v in recipe.variants} - {o.variant for o in outcomes})
+    if missing:
+        tracking.finish_parent_run(
+            settings, prepared.parent_run_id, {"status": f"incomplete: {', '.join(missing)}"}, status="FAILED"
+        )
+        raise IncompleteRun(
+            f"checkpoint {prepared.checkpoint.uri}: variant(s) {', '.join(missing)} did not finish; "
+            "nothing of it is registered"
+        )
+    passing = sorted(
+        (o for o in outcomes if o.verdict.passed),
+        key=lambda o: metrics_of(o.evaluation).latency_p50_ms,
+        reverse=True,
+    )
+    versions: dict[str, str] = {}
+    new_versions = []
+    for outcome in passing:
+        version, created = tracking.register_version(
+            settings,
+            recipe,
+            outcome.run_id,
+            outcome.model.path,
+            lineage={
+                "checkpoint_uri": prepared.checkpoint.uri,
+                "checkpoint_digest": prepared.checkpoint.digest,
+                "recipe_name": recipe.name,
+                "recipe_digest": recipe.digest,
+                "dataset_digest": prepared.split.key,
+                "code_commit": code_commit(),
+                "run_id": outcome.run_id,
+                "parent_run_id": prepared.parent_run_id,
+                "variant": outcome.variant,
+                "steps": " > ".join(outcome.steps),
+                "artifact_key": outcome.model_key,
+                "format": outcome.model.format,
+                "gate": f"passed: {outcome.verdict.summary}",
+            },
+        )
+        versions[outcome.variant] = version
+        if created:
+            new_versions.append(version)
+    candidate = versions[passing[-1].variant] if passing else None
+    if candidate:
+        tracking.set_alias(settings, recipe, tracking.CANDIDATE_ALIAS, candidate)
+
+    rows = [
+        Row(
+            name="baseline",
+            metrics=metrics_of(prepared.baseline),
+            drop=None,
+            passed=None,
+            reason="reference",
+            run_id=prepared.parent_run_id,
+        )
+    ]
+    rows += [
+        Row(
+            name=o.variant,
+            metrics=metrics_of(o.evaluation),
+            drop=o.verdict.accuracy_drop,
+            passed=o.verdict.passed,
+            reason=o.verdict.summary,
+            version=versions.get(o.variant),
+            steps=o.steps,
+            run_id=o.run_id,
+        )
+        for o in outcomes
+    ]
+    summary = Summary(
+        recipe=recipe.name,
+        recipe_digest=recipe.digest,
+        dataset_digest=prepared.split.key,
+        code_commit=code_commit(),
+        checkpoint_uri=prepared.checkpoint.uri,
+        checkpoint_digest=prepared.checkpoint.digest,
+        parent_run_id=prepared.parent_run_id,
+        registered_model=tracking.registered_model_name(settings, recipe),
+        rows=rows,
+        new_versions=new_versions,
+        candidate=candidate,
+        steps_computed=prepared.steps_computed + sum(o.steps_computed for o in outcomes),
+        steps_reused=prepared.steps_reused + sum(o.steps_reused for o in outcomes),
+    )
+    validation = ValidationReport(
+        suites=[*prepared.validation.suites, *(s for o in outcomes for s in o.validation.suites)]
+    )
+    tracking.log_json(settings, prepared.parent_run_id, "summary.json", summary.model_dump(mode="json"))
+    tracking.log_json(settings, prepared.parent_run_id, VALIDATION_REPORT, validation.model_dump(mode="json"))
+    write_report(settings, summary, validation)
+    tracking.finish_parent_run(
+        settings,
+        prepared.parent_run_id,
+        {
+            "status": "published",
+            "candidate_version": candidate or "none",
+            "new_versions": ",".join(new_versions) or "none",
+        },
+    )
+    return summary
+
+
+def run_local(settings: Settings, recipe_path: Path, checkpoint_uri: str) -> Summary:
+    """Every step for one checkpoint in this process: the DAG's work without Airflow."""
+    prepared = prepare(settings, recipe_path, checkpoint_uri, run_label=f"local-{uuid.uuid4().hex[:12]}")
+    recipe = load_checked_recipe(prepared.recipe_path, prepared.recipe_digest)
+    outcomes = [run_variant(settings, prepared, v.name) for v in recipe.variants]
+    return publish(settings, prepared, outcomes)

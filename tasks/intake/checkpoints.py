@@ -1,0 +1,309 @@
+"""Checkpoint store: list checkpoints, give each a content digest, fetch and verify them.
+
+A checkpoint is a folder of a Hugging Face model (config.json, *.safetensors, tokenizer
+files). Verification reads bytes and JSON only; nothing in a checkpoint is ever executed
+or unpickled, and a refused checkpoint leaves nothing in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from pydantic import BaseModel
+
+from tasks.core.errors import CheckpointRefused
+from tasks.core.settings import Settings
+from tasks.core.store import ObjectInfo, open_store
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+ALLOWED_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".md")
+ALLOWED_NAMES = (".gitattributes",)
+SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta", "xlm-roberta", "electra")
+MAX_JSON_BYTES = 16 * 1024 * 1024
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+SAFETENSORS_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+
+
+class CheckpointInfo(BaseModel):
+    """A checkpoint as listed in the store, before it is fetched."""
+
+    uri: str
+    name: str
+    files: int
+    size_bytes: int
+    fingerprint: str  # keys, sizes and change tags: cheap to compute, changes when content may
+
+
+class VerifiedCheckpoint(BaseModel):
+    """A checkpoint fetched into the local cache and verified."""
+
+    uri: str
+    digest: str
+    path: Path
+    size_bytes: int
+    model_type: str
+
+
+def _fingerprint(objects: list[ObjectInfo], base: str = "") -> str:
+    """Keys (relative to the checkpoint folder), sizes and change tags of its objects."""
+    strip = len(base) + 1 if base else 0
+    lines = "".join(f"{o.key[strip:]}\t{o.size}\t{o.etag}\n" for o in objects)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def content_digest(file_digests: dict[str, str]) -> str:
+    """sha256 over the sorted (relative path, file sha256) pairs."""
+    lines = "".join(f"{name}\t{file_digests[name]}\n" for name in sorted(file_digests))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def list_checkpoints(settings: Settings, prefix: str = "") -> list[CheckpointInfo]:
+    """Checkpoints directly under `prefix`: each folder that holds a config.json."""
+    store = open_store(settings.store_uri, settings.s3_endpoint_url)
+    clean = prefix.strip("/")
+    groups: dict[str, list[ObjectInfo]] = {}
+    for obj in store.list(clean):
+        rest = obj.key[len(clean) + 1 :] if clean else obj.key
+        if "/" not in rest:
+            continue
+        name, _, _ = rest.partition("/")
+        groups.setdefault(name, []).append(obj)
+    found = []
+    for name, objects in sorted(groups.items()):
+        base = f"{clean}/{name}" if clean else name
+        if not any(o.key == f"{base}/config.json" for o in objects):
+            continue
+        found.append(
+            CheckpointInfo(
+                uri=f"{store.uri}/{base}",
+                name=name,
+                files=len(objects),
+                size_bytes=sum(o.size for o in objects),
+                fingerprint=_fingerprint(objects, base),
+            )
+        )
+    return found
+
+
+def _check_names(uri: str, keys: list[str]) -> None:
+    for key in keys:
+        parts = PurePosixPath(key).parts
+        if key.startswith("/") or "\\" in key or ".." in parts or not parts:
+            raise CheckpointRefused(f"checkpoint {uri}: path {key!r} escapes the checkpoint folder")
+        name = parts[-1]
+        if name.lower().endswith(PICKLE_SUFFIXES):
+            raise CheckpointRefused(
+                f"checkpoint {uri}: {key} is a pickle-based weight file, which slimline never "
+                "loads; allowed weights: *.safetensors"
+            )
+        if not (name.endswith(ALLOWED_SUFFIXES) or name in ALLOWED_NAMES):
+            raise CheckpointRefused(
+                f"checkpoint {uri}: file {key!r} is not allowed; allowed: "
+                f"{', '.join('*' + s for s in ALLOWED_SUFFIXES)}"
+            )
+    if "config.json" not in keys:
+        raise CheckpointRefused(f"checkpoint {uri}: config.json is missing")
+    if not any(k.endswith(".safetensors") for k in keys):
+        raise CheckpointRefused(f"checkpoint {uri}: no *.safetensors weights found")
+
+
+def _read_json(uri: str, path: Path, name: str) -> object:
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise CheckpointRefused(f"checkpoint {uri}: {name} exceeds {MAX_JSON_BYTES} bytes")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointRefused(f"checkpoint {uri}: {name} is not valid JSON ({exc})") from exc
+
+
+def _check_config(uri: str, folder: Path) -> str:
+    for path in sorted(folder.rglob("*.json")):
+        name = path.relative_to(folder).as_posix()
+        data = _read_json(uri, path, name)
+        if isinstance(data, dict) and "auto_map" in data:
+            raise CheckpointRefused(
+                f"checkpoint {uri}: {name} asks for remote code (auto_map); slimline never "
+                "runs code from a checkpoint"
+            )
+    config = _read_json(uri, folder / "config.json", "config.json")
+    if not isinstance(config, dict):
+        raise CheckpointRefused(f"checkpoint {uri}: config.json is not a JSON object")
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise CheckpointRefused(
+            f"checkpoint {uri}: config.json model_type={model_type!r} is not supported; "
+            f"allowed: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    return str(model_type)
+
+
+def check_safetensors(uri: str, path: Path, name: str) -> None:
+    """Validate a safetensors file's header and offsets without loading any tensor."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise CheckpointRefused(f"checkpoint {uri}: {name} is truncated (no header)")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > MAX_SAFETENSORS_HEADER or 8 + header_len > size:
+            raise CheckpointRefused(
+                f"checkpoint {uri}: {name} is truncated or malformed "
+                f"(header of {header_len} bytes in a {size}-byte file)"
+            )
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointRefused(f"checkpoint {uri}: {name} has a malformed header") from exc
+    if not isinstance(header, dict):
+        raise CheckpointRefused(f"checkpoint {uri}: {name} has a malformed header")
+    data_len = size - 8 - header_len
+    spans: list[tuple[int, int, str]] = []
+    for tensor, meta in header.items():
+        if tensor == "__metadata__":
+            continue
+        try:
+            start, end = (int(v) for v in meta["data_offsets"])
+            count = 1
+            for dim in meta["shape"]:
+                count *= int(dim)
+            expected = count * SAFETENSORS_DTYPE_BYTES[meta["dtype"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointRefused(
+                f"checkpoint {uri}: {name} tensor {tensor!r} has a malformed entry"
+            ) from exc
+        if not 0 <= start <= end <= data_len or end - start != expected:
+            raise CheckpointRefused(
+                f"checkpoint {uri}: {name} is truncated or malformed (tensor {tensor!r} "
+                f"spans bytes {start}..{end} of {data_len})"
+            )
+        spans.append((start, end, tensor))
+    # Like safetensors itself: the tensors must tile the data exactly, with no gap or overlap.
+    covered = 0
+    for start, end, tensor in sorted(spans):
+        if start != covered:
+            raise CheckpointRefused(
+                f"checkpoint {uri}: {name} is truncated or malformed (tensor {tensor!r} "
+                f"spans bytes {start}..{end}, expected to start at {covered})"
+            )
+        covered = end
+    if covered != data_len:
+        raise CheckpointRefused(
+            f"checkpoint {uri}: {name} is truncated or malformed "
+            f"({data_len} data bytes, tensors cover {covered})"
+        )
+
+
+def verify_folder(uri: str, folder: Path) -> tuple[str, str]:
+    """Verify a local checkpoint folder; return (content digest, model type)."""
+    for path in folder.rglob("*"):
+        # A link could point anywhere on this machine, and loading the folder would follow it.
+        if path.is_symlink():
+            raise CheckpointRefused(
+                f"checkpoint {uri}: {path.relative_to(folder).as_posix()!r} is a symbolic link, "
+                "which slimline never follows"
+            )
+    keys = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    _check_names(uri, keys)
+    model_type = _check_config(uri, folder)
+    for key in keys:
+        if key.endswith(".safetensors"):
+            check_safetensors(uri, folder / key, key)
+    return content_digest({key: file_sha256(folder / key) for key in keys}), model_type
+
+
+def _fingerprint_index(settings: Settings) -> Path:
+    return settings.cache_dir / "fingerprints.json"
+
+
+def known_digest(settings: Settings, uri: str, fingerprint: str) -> str | None:
+    index = _fingerprint_index(settings)
+    if not index.exists():
+        return None
+    known: dict[str, str] = json.loads(index.read_text())
+    return known.get(f"{uri}|{fingerprint}")
+
+
+def _remember_digest(settings: Settings, uri: str, fingerprint: str, digest: str) -> None:
+    index = _fingerprint_index(settings)
+    known: dict[str, str] = json.loads(index.read_text()) if index.exists() else {}
+    known[f"{uri}|{fingerprint}"] = digest
+    tmp = index.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+    os.replace(tmp, index)
+
+
+def _cached(settings: Settings, uri: str, digest: str, size: int) -> VerifiedCheckpoint | None:
+    folder = settings.cache_dir / digest
+    marker = folder / ".verified.json"
+    if not marker.exists():
+        return None
+    model_type = json.loads(marker.read_text())["model_type"]
+    return VerifiedCheckpoint(uri=uri, digest=digest, path=folder, size_bytes=size, model_type=model_type)
+
+
+def fetch(settings: Settings, uri: str) -> VerifiedCheckpoint:
+    """Fetch a checkpoint into the local cache, verify it and return where it lies.
+
+    Names and sizes are checked before any byte is downloaded; contents after. A checkpoint
+    whose listing is unchanged since an earlier fetch is served from the cache.
+    """
+    store = open_store(uri, settings.s3_endpoint_url)
+    objects = store.list("")
+    if not objects:
+        raise CheckpointRefused(f"checkpoint {uri}: no files found")
+    keys = [o.key for o in objects]
+    _check_names(uri, keys)
+    size = sum(o.size for o in objects)
+    if size > settings.max_checkpoint_bytes:
+        raise CheckpointRefused(
+            f"checkpoint {uri}: {size} bytes exceeds the limit of "
+            f"{settings.max_checkpoint_bytes} (SLIMLINE_MAX_CHECKPOINT_BYTES)"
+        )
+    fingerprint = _fingerprint(objects)
+    known = known_digest(settings, uri, fingerprint)
+    if known and (hit := _cached(settings, uri, known, size)):
+        log.info("checkpoint %s unchanged, using cache %s", uri, hit.path)
+        return hit
+
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=settings.cache_dir, prefix=".fetch-"))
+    try:
+        for key in keys:
+            dest = staging / key
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            store.download(key, dest)
+        digest, model_type = verify_folder(uri, staging)
+        (staging / ".verified.json").write_text(
+            json.dumps({"uri": uri, "digest": digest, "model_type": model_type})
+        )
+        final = settings.cache_dir / digest
+        if final.exists():
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _remember_digest(settings, uri, fingerprint, digest)
+    log.info("checkpoint %s verified, digest %s", uri, digest[:12])
+    return VerifiedCheckpoint(uri=uri, digest=digest, path=final, size_bytes=size, model_type=model_type)

@@ -1,0 +1,96 @@
+"""The variant table, as the terminal shows it."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from tasks.gate.gates import Interval
+from tasks.registry.versions import Recheck
+from tasks.report.summary import Row, Summary
+
+
+def signed_interval(drop: Interval) -> str:
+    """The change as variant − baseline, in points (`+ 0.0` turns -0.00 into +0.00)."""
+    low, point, high = (-v + 0.0 for v in (drop.high, drop.point, drop.low))
+    return f"{point:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def verdict_text(row: Row) -> str:
+    """The verdict word with the registered version, e.g. `pass (v3)`."""
+    return row.verdict + (f" (v{row.version})" if row.version else "")
+
+
+def versions_text(summary: Summary) -> str:
+    """The registry outcome of a run, in one line."""
+    new = ", ".join(f"v{v}" for v in summary.new_versions) or "none"
+    candidate = f"v{summary.candidate}" if summary.candidate else "none"
+    return (
+        f"registered model {summary.registered_model}: new versions {new}; alias candidate → {candidate}; "
+        f"steps computed {summary.steps_computed}, reused {summary.steps_reused}"
+    )
+
+
+def variant_table(summary: Summary) -> Table:
+    table = Table(
+        title=f"{summary.recipe} on checkpoint {summary.checkpoint_digest[:12]} ({summary.checkpoint_uri})",
+        title_justify="left",
+    )
+    for column, justify in (
+        ("variant", "left"),
+        ("runtime", "left"),
+        ("accuracy", "right"),
+        ("Δ acc pts [95% CI]", "right"),
+        ("p50 ms", "right"),
+        ("p95 ms", "right"),
+        ("size MB", "right"),
+        ("verdict", "left"),
+        ("reason", "left"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in summary.rows:
+        m = row.metrics
+        delta = "—" if row.drop is None else signed_interval(row.drop)
+        colour = {"pass": "green", "FAIL": "red"}.get(row.verdict)
+        verdict = f"[{colour}]{verdict_text(row)}[/]" if colour else verdict_text(row)
+        table.add_row(
+            row.name,
+            m.runtime,
+            f"{m.accuracy:.4f}",
+            delta,
+            f"{m.latency_p50_ms:.2f}",
+            f"{m.latency_p95_ms:.2f}",
+            f"{m.size_bytes / 1e6:.1f}",
+            verdict,
+            row.reason,
+        )
+    return table
+
+
+def console() -> Console:
+    # Off a terminal rich assumes 80 columns, which folds the table; logs and CI are wider.
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def print_summary(summary: Summary, out: Console | None = None) -> None:
+    out = out or console()
+    out.print(variant_table(summary))
+    out.print(versions_text(summary))
+
+
+def gate_table(result: Recheck) -> Table:
+    """One row per gate of a re-judged version, with the numbers behind it."""
+    m, b = result.metrics, result.baseline
+    title = (
+        f"{result.version.label}: accuracy {m.accuracy:.4f} (baseline {b.accuracy:.4f}), "
+        f"p95 {m.latency_p95_ms:.2f} ms, {m.size_bytes / 1e6:.1f} MB"
+        + ("" if result.same_data else " — judged on a data split that differs from its registration")
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("gate", "result", "reason"):
+        table.add_column(column)
+    for check in result.verdict.checks:
+        table.add_row(check.name, "[green]pass[/]" if check.passed else "[red]FAIL[/]", check.reason)
+    return table

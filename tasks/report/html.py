@@ -1,0 +1,324 @@
+"""The per-checkpoint release report: one self-contained HTML file (inline CSS, the chart as a
+base64 data URI, no scripts, no external assets) that opens the same from a laptop, an MLflow
+artifact view or a mail attachment, and that a reviewer can archive as it is."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlflow.entities import Run
+from pydantic import BaseModel, ValidationError
+
+from tasks.core.errors import ConfigError
+from tasks.core.settings import Settings
+from tasks.intake.validation import REPORT as VALIDATION_ARTIFACT
+from tasks.intake.validation import SuiteResult, ValidationReport
+from tasks.registry import tracking
+from tasks.report.charts import ChartPoint, accuracy_latency_chart
+from tasks.report.console import signed_interval, verdict_text, versions_text
+from tasks.report.summary import Summary
+
+REPORT_ARTIFACT = "report.html"
+SUMMARY_ARTIFACT = "summary.json"  # what pipeline.publish logs on the parent run
+
+Model = TypeVar("Model", bound=BaseModel)
+
+CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2330;
+       max-width: 1280px; margin: 2em auto; padding: 0 1.5em; }
+h1 { font-size: 1.5em; margin-bottom: .2em; }
+h2 { font-size: 1.15em; margin-top: 2em; border-bottom: 1px solid #d6dae2; padding-bottom: .2em; }
+h3 { font-size: 1em; margin: 1.2em 0 .3em; }
+.meta { color: #4a5366; margin: .1em 0; }
+code { font: 12px ui-monospace, "SFMono-Regular", Menlo, monospace; word-break: break-all; }
+table { border-collapse: collapse; margin: .6em 0; }
+th, td { border: 1px solid #d6dae2; padding: .3em .6em; vertical-align: top; }
+th { background: #f1f3f7; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.pass { color: #17803d; font-weight: 600; }
+.fail { color: #c0262d; font-weight: 600; }
+.baseline { color: #2563b0; font-weight: 600; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #d6dae2; }
+figcaption { color: #4a5366; font-size: .9em; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: .15em 1em; margin: .3em 0 1em; }
+dt { color: #4a5366; }
+dd { margin: 0; }
+ol, ul { margin: 0; padding-left: 1.4em; }
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _td(text: object, css: str = "") -> str:
+    """A cell; its text is always escaped, so no caller can put markup into the page."""
+    return f'<td class="{css}">{_e(text)}</td>' if css else f"<td>{_e(text)}</td>"
+
+
+def _td_list(items: list[str]) -> str:
+    """A cell holding a bulleted list, each item escaped."""
+    if not items:
+        return "<td></td>"
+    return "<td><ul>" + "".join(f"<li>{_e(item)}</li>" for item in items) + "</ul></td>"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    """A table of cells made by `_td`."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "\n".join(f"<tr>{''.join(cells)}</tr>" for cells in rows)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def _dl(items: list[tuple[str, str]]) -> str:
+    """A definition list of (term, already-escaped HTML) pairs."""
+    return "<dl>" + "".join(f"<dt>{_e(term)}</dt><dd>{value}</dd>" for term, value in items) + "</dl>"
+
+
+def class_labels(summary: Summary) -> list[str]:
+    """Every class any row reports a recall for, in the order the rows first name them."""
+    return list(dict.fromkeys(label for row in summary.rows for label in row.metrics.recall_per_class))
+
+
+def chart_points(summary: Summary) -> list[ChartPoint]:
+    return [
+        ChartPoint(
+            name=row.name,
+            p50_ms=row.metrics.latency_p50_ms,
+            accuracy=row.metrics.accuracy,
+            size_mb=row.metrics.size_bytes / 1e6,
+            passed=row.passed,
+        )
+        for row in summary.rows
+    ]
+
+
+def chart_png(summary: Summary) -> bytes:
+    buffer = io.BytesIO()
+    accuracy_latency_chart(
+        chart_points(summary),
+        f"{summary.recipe} on checkpoint {summary.checkpoint_digest[:12]}",
+        None,  # a run has no reference variant; the benchmark draws its 2× line
+        buffer,
+        y_label=f"accuracy on {summary.rows[0].metrics.examples} held-out examples (%)",
+    )
+    return buffer.getvalue()
+
+
+def _header(summary: Summary, started: datetime | None) -> str:
+    when = f"run started {started:%Y-%m-%d %H:%M} UTC" if started else "run start unknown"
+    return "\n".join(
+        [
+            f"<h1>Release report: {_e(summary.recipe)}</h1>",
+            f'<p class="meta">checkpoint <code>{_e(summary.checkpoint_uri)}</code></p>',
+            f'<p class="meta">digest <code>sha256:{_e(summary.checkpoint_digest)}</code></p>',
+            f'<p class="meta">{_e(when)}; MLflow parent run <code>{_e(summary.parent_run_id)}</code></p>',
+        ]
+    )
+
+
+def _variants(summary: Summary) -> str:
+    labels = class_labels(summary)
+    headers = [
+        "variant",
+        "runtime",
+        "accuracy",
+        "Δ acc pts [95% CI]",
+        *(f"recall {label}" for label in labels),
+        "p50 ms",
+        "p95 ms",
+        "size MB",
+        "verdict",
+        "reason",
+    ]
+    rows = []
+    for row in summary.rows:
+        m = row.metrics
+        recall = m.recall_per_class
+        rows.append(
+            [
+                _td(row.name),
+                _td(m.runtime),
+                _td(f"{m.accuracy:.4f}", "num"),
+                _td("—" if row.drop is None else signed_interval(row.drop), "num"),
+                *(_td(f"{recall[label]:.3f}" if label in recall else "—", "num") for label in labels),
+                _td(f"{m.latency_p50_ms:.2f}", "num"),
+                _td(f"{m.latency_p95_ms:.2f}", "num"),
+                _td(f"{m.size_bytes / 1e6:.1f}", "num"),
+                _td(verdict_text(row), row.verdict.lower()),
+                _td(row.reason),
+            ]
+        )
+    return "<h2>Variants</h2>\n" + _table(headers, rows) + f"\n<p>{_e(versions_text(summary))}</p>"
+
+
+def _chart(summary: Summary) -> str:
+    data = base64.b64encode(chart_png(summary)).decode("ascii")
+    return (
+        "<h2>Accuracy against latency</h2>\n"
+        f'<figure><img src="data:image/png;base64,{data}" '
+        'alt="accuracy against p50 latency per variant, marker area proportional to size">'
+        "<figcaption>Batch-1 p50 latency on each variant's own runtime (log scale) against accuracy "
+        "on the evaluation split; marker area ∝ size on disk. Green passed its gates, hollow red "
+        "failed, blue is the baseline.</figcaption></figure>"
+    )
+
+
+def _failed_expectations(suite: SuiteResult) -> str:
+    rows = [
+        [
+            _td(o.expectation),
+            _td(", ".join(o.columns) or "(table)"),
+            _td(o.description),
+            _td(o.observed),
+            _td("" if o.unexpected_count is None else o.unexpected_count, "num"),
+            _td_list(o.examples),
+        ]
+        for o in suite.failures()
+    ]
+    headers = ["expectation", "columns", "meaning", "observed", "offending rows", "examples"]
+    return f"<h3>{_e(suite.suite)} on {_e(suite.data)}: failed expectations</h3>\n" + _table(headers, rows)
+
+
+def _validation(validation: ValidationReport | None) -> str:
+    heading = "<h2>Data validation</h2>\n"
+    if validation is None:
+        return heading + "<p>No data validation results were recorded for this run.</p>"
+    failed = [suite for suite in validation.suites if not suite.success]
+    verdict = (
+        f'<p class="fail">FAILED: {len(failed)} of {len(validation.suites)} suites</p>'
+        if failed
+        else f'<p class="pass">passed: {len(validation.suites)} of {len(validation.suites)} suites</p>'
+    )
+    rows = [
+        [
+            _td(suite.suite),
+            _td(suite.data),
+            _td("pass" if suite.success else "FAIL", "pass" if suite.success else "fail"),
+            _td(f"{suite.evaluated - len(suite.failures())}/{suite.evaluated}", "num"),
+        ]
+        for suite in validation.suites
+    ]
+    suites = _table(["suite", "data", "result", "expectations passed"], rows)
+    return "\n".join([heading + verdict, suites, *(_failed_expectations(suite) for suite in failed)])
+
+
+def _lineage(summary: Summary) -> str:
+    parts = ["<h2>Lineage</h2>"]
+    for row in summary.rows:
+        steps = (
+            "<ol>" + "".join(f"<li><code>{_e(s)}</code></li>" for s in row.steps) + "</ol>"
+            if row.steps
+            else "none (the checkpoint as published)"
+        )
+        items = [
+            ("checkpoint", f"<code>{_e(summary.checkpoint_uri)}</code>"),
+            ("checkpoint digest", f"<code>sha256:{_e(summary.checkpoint_digest)}</code>"),
+            ("recipe digest", f"<code>{_e(summary.recipe_digest)}</code>"),
+            ("dataset digest", f"<code>{_e(summary.dataset_digest)}</code>"),
+            ("code commit", f"<code>{_e(summary.code_commit)}</code>"),
+            ("steps", steps),
+            ("MLflow run", f"<code>{_e(row.run_id or 'unknown')}</code>"),
+        ]
+        if row.version:
+            items.append(("registered", _e(f"{summary.registered_model} v{row.version}")))
+        parts.append(f"<h3>{_e(row.name)}</h3>\n{_dl(items)}")
+    return "\n".join(parts)
+
+
+def render_html(
+    summary: Summary, validation: ValidationReport | None = None, started: datetime | None = None
+) -> str:
+    """The whole report as one HTML document. `started` (the parent run's start) is the date it
+    shows: the run's date, not the rendering's, so a report regenerated later is the same file."""
+    body = "\n".join(
+        [
+            _header(summary, started),
+            _variants(summary),
+            _chart(summary),
+            _validation(validation),
+            _lineage(summary),
+        ]
+    )
+    title = f"slimline release report: {summary.recipe} on {summary.checkpoint_digest[:12]}"
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def run_started(run: Run) -> datetime:
+    return datetime.fromtimestamp(run.info.start_time / 1000, UTC)
+
+
+def report_path(settings: Settings, summary: Summary) -> Path:
+    return settings.home / "reports" / f"{summary.parent_run_id}.html"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader sees the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be read by others
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(
+    settings: Settings,
+    summary: Summary,
+    validation: ValidationReport | None = None,
+    out: Path | None = None,
+) -> Path:
+    """Write the report to `out` (default `<home>/reports/<parent_run_id>.html`) and log it to the
+    parent run as `report.html`; return the path written."""
+    text = render_html(summary, validation, run_started(tracking.get_run(settings, summary.parent_run_id)))
+    path = out or report_path(settings, summary)
+    write_atomic(path, text)
+    tracking.log_text(settings, summary.parent_run_id, REPORT_ARTIFACT, text)
+    return path
+
+
+def _logged_model(settings: Settings, run_id: str, name: str, model: type[Model]) -> Model:
+    """A JSON artifact of the run as `model`; ConfigError (one line) if this version cannot read it."""
+    payload: dict[str, Any] = tracking.load_json(settings, run_id, name)
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(
+            f"run {run_id}: {name} does not match this slimline version ({where}: {first['msg']})"
+        ) from exc
+
+
+def load_published_summary(settings: Settings, run_id: str) -> Summary:
+    """The summary a published parent run logged; ConfigError (one line) when the run is unknown,
+    is not a published parent run, or logged a summary this version cannot read."""
+    run = tracking.get_run(settings, run_id)
+    if not tracking.has_artifact(settings, run_id, SUMMARY_ARTIFACT):
+        parent = run.data.tags.get("mlflow.parentRunId")
+        hint = f"it is a variant run; its parent run is {parent}" if parent else "not a published parent run"
+        raise ConfigError(f"run {run_id} has no {SUMMARY_ARTIFACT}: {hint}")
+    return _logged_model(settings, run_id, SUMMARY_ARTIFACT, Summary)
+
+
+def load_logged_validation(settings: Settings, run_id: str) -> ValidationReport | None:
+    """The data validation report logged on the run as validation.json, if there is one."""
+    if not tracking.has_artifact(settings, run_id, VALIDATION_ARTIFACT):
+        return None
+    return _logged_model(settings, run_id, VALIDATION_ARTIFACT, ValidationReport)
