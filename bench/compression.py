@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 load_manifest(path.parent)
                 for path in sorted((settings.artifacts_dir / TEACHER_LOGITS_STEP).glob("*/manifest.json"))
             )
-            if m.inputs.get("teacher") == prepared.checkpoint.digest and m.code_digest == code_digest()
+            if m.inputs.get("teacher") == prepared.checkpoint.digest
+            and m.code_digest == code_digest("tasks.compress.training")
         ],
         "rows": rows,
     }

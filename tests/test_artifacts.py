@@ -6,6 +6,8 @@ import pytest
 
 from tasks.core.artifacts import run_step, step_key
 
+CODE = "tasks.intake.data"  # any module: the code the step runs
+
 
 def test_second_run_reuses_and_does_no_work(tmp_path):
     calls = []
@@ -15,8 +17,8 @@ def test_second_run_reuses_and_does_no_work(tmp_path):
         (out / "result.txt").write_text("42")
         return {"answer": 42}
 
-    first = run_step(tmp_path, "demo.step", {"a": 1}, {"x": "abc"}, work)
-    second = run_step(tmp_path, "demo.step", {"a": 1}, {"x": "abc"}, work)
+    first = run_step(tmp_path, "demo.step", {"a": 1}, {"x": "abc"}, work, code=CODE)
+    second = run_step(tmp_path, "demo.step", {"a": 1}, {"x": "abc"}, work, code=CODE)
     assert len(calls) == 1
     assert not first.reused and second.reused
     assert second.path == first.path
@@ -26,15 +28,17 @@ def test_second_run_reuses_and_does_no_work(tmp_path):
     assert manifest["config"] == {"a": 1}
     assert manifest["inputs"] == {"x": "abc"}
     assert manifest["metrics"] == {"answer": 42}
-    assert manifest["key"] == first.key == step_key("demo.step", {"a": 1}, {"x": "abc"})
+    key = step_key("demo.step", {"a": 1}, {"x": "abc"}, manifest["code_digest"])
+    assert manifest["key"] == first.key == key
     assert manifest["seconds"] >= 0 and manifest["code_digest"]
 
 
-def test_key_changes_with_config_and_inputs(tmp_path):
-    base = step_key("s", {"a": 1}, {"x": "1"})
-    assert step_key("s", {"a": 2}, {"x": "1"}) != base
-    assert step_key("s", {"a": 1}, {"x": "2"}) != base
-    assert step_key("t", {"a": 1}, {"x": "1"}) != base
+def test_key_changes_with_config_inputs_and_code(tmp_path):
+    base = step_key("s", {"a": 1}, {"x": "1"}, "code")
+    assert step_key("s", {"a": 2}, {"x": "1"}, "code") != base
+    assert step_key("s", {"a": 1}, {"x": "2"}, "code") != base
+    assert step_key("t", {"a": 1}, {"x": "1"}, "code") != base
+    assert step_key("s", {"a": 1}, {"x": "1"}, "other code") != base
 
 
 def test_a_failing_step_leaves_nothing_behind(tmp_path):
@@ -43,9 +47,9 @@ def test_a_failing_step_leaves_nothing_behind(tmp_path):
         raise RuntimeError("died half-way")
 
     with pytest.raises(RuntimeError):
-        run_step(tmp_path, "demo.step", {}, {}, work)
+        run_step(tmp_path, "demo.step", {}, {}, work, code=CODE)
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert leftovers == []
 
-    ok = run_step(tmp_path, "demo.step", {}, {}, lambda out: {"done": True})
+    ok = run_step(tmp_path, "demo.step", {}, {}, lambda out: {"done": True}, code=CODE)
     assert not ok.reused and ok.manifest.metrics == {"done": True}

@@ -48,7 +48,8 @@ def test_the_contracts_catch_a_cycle_and_a_layer_breach(tmp_path: Path) -> None:
         '[tool.importlinter]\nroot_packages = ["flowpkg"]\n\n'
         '[[tool.importlinter.contracts]]\nname = "layers"\ntype = "layers"\n'
         'layers = ["flowpkg.high", "flowpkg.low"]\n\n'
-        '[[tool.importlinter.contracts]]\nname = "cycles"\ntype = "acyclic_siblings"\nancestors = ["flowpkg"]\n'
+        '[[tool.importlinter.contracts]]\nname = "cycles"\ntype = "acyclic_siblings"\n'
+        'ancestors = ["flowpkg"]\n'
     )
     result = lint_imports(tmp_path, "contracts.toml", pythonpath=tmp_path)
     assert result.returncode == 1

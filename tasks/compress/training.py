@@ -179,6 +179,7 @@ def teacher_logits(
         {"max_length": context.max_length, "split": split},
         {"teacher": context.teacher_key, "split": context.split_key},
         work,
+        code=__name__,
     )
     logits = np.load(result.path / TEACHER_LOGITS_FILE, allow_pickle=False)
     if logits.shape[0] != len(texts):  # pragma: no cover - the key includes the split's digest

@@ -1,6 +1,7 @@
 """Content-addressed step outputs with manifests.
 
-Each step writes a folder keyed by a digest of (step, config, input digests, code digest).
+Each step writes a folder keyed by a digest of (step, config, input digests, code digest), where
+the code digest covers the modules the step runs and nothing else (see tasks.core.version).
 The folder appears under its final name only when complete (written beside it, then renamed),
 so a rerun with the same inputs finds it and does no work, and a step that died half-way
 leaves nothing a reader could mistake for a result. Chained manifests are the lineage.
@@ -22,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tasks.core.version import code_commit, code_digest
+from tasks.core.version import code_commit, code_digest, code_modules
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Manifest(BaseModel):
     config: dict[str, Any]
     inputs: dict[str, str]
     code_digest: str
+    code_modules: list[str] = []  # the modules code_digest covers
     code_commit: str
     created_at: str
     seconds: float
@@ -59,8 +61,9 @@ def _plain(config: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(config), sort_keys=True, default=str))
 
 
-def step_key(step: str, config: dict[str, Any], inputs: Mapping[str, str]) -> str:
-    payload = {"step": step, "config": config, "inputs": dict(inputs), "code": code_digest()}
+def step_key(step: str, config: dict[str, Any], inputs: Mapping[str, str], code: str) -> str:
+    """The artifact key: `code` is the digest of the code the step runs."""
+    payload = {"step": step, "config": config, "inputs": dict(inputs), "code": code}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -74,13 +77,15 @@ def run_step(
     config: BaseModel | Mapping[str, Any],
     inputs: Mapping[str, str],
     work: Callable[[Path], dict[str, Any]],
+    code: str,
 ) -> StepResult:
     """Return the cached output of `step` for these inputs, or run `work(out_dir)` to make it.
 
-    `work` writes its files into `out_dir` and returns the step's metrics.
+    `work` writes its files into `out_dir` and returns the step's metrics. `code` names the module
+    whose code (with the `tasks` modules it imports) computes the step: it keys the result.
     """
     plain = _plain(config)
-    key = step_key(step, plain, inputs)
+    key = step_key(step, plain, inputs, code_digest(code))
     final = root / step.replace("/", "_") / key[:24]
     if (final / MANIFEST).exists():
         log.info("%s: reusing %s", step, final)
@@ -96,7 +101,8 @@ def run_step(
             key=key,
             config=plain,
             inputs=dict(inputs),
-            code_digest=code_digest(),
+            code_digest=code_digest(code),
+            code_modules=list(code_modules(code)),
             code_commit=code_commit(),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             seconds=round(time.perf_counter() - started, 3),

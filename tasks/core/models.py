@@ -33,9 +33,15 @@ class ModelRef(BaseModel):
 
 
 ONNX_FILE = "model.onnx"
+WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".data")  # .data: ONNX external weights
 PRUNED_HEADS_KEY = "slimline_pruned_heads"
 SOURCE_LAYERS_KEY = "slimline_source_layers"
 REPORT_FILE = "technique_report.json"
+
+
+def model_size_bytes(path: Path) -> int:
+    """Bytes of weights and graph on disk (tokenizer and metadata files excluded)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.name.endswith(WEIGHT_SUFFIXES))
 
 
 def encoder_layers(model: Any) -> Any:

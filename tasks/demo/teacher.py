@@ -11,8 +11,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.core.artifacts import StepResult, run_step
+from tasks.core.digests import content_digest, file_sha256
 from tasks.core.errors import DataError
-from tasks.intake.checkpoints import content_digest, file_sha256
 from tasks.intake.data import DatasetConfig, load_split
 
 log = logging.getLogger(__name__)
@@ -110,4 +110,5 @@ def finetune(
         },
         {"base": _base_digest(base), "split": split.key},
         work,
+        code=__name__,
     )

@@ -16,11 +16,10 @@ from tasks.compress.techniques import get_technique
 from tasks.compress.training import TRAINING_LOG_FILE, TrainingLog, read_training_log
 from tasks.core.artifacts import StepResult, run_step
 from tasks.core.errors import ConfigError, DataValidationError, IncompleteRun
-from tasks.core.models import ModelRef
+from tasks.core.models import ModelRef, model_size_bytes
 from tasks.core.settings import Settings
 from tasks.core.version import code_commit
 from tasks.gate.evaluate import PREDICTIONS, evaluate, metrics_of, read_predictions
-from tasks.gate.evaluate import model_size_bytes as weights_bytes
 from tasks.gate.gates import ProductionReference, Verdict, judge
 from tasks.intake.checkpoints import VerifiedCheckpoint, fetch, known_digest, list_checkpoints
 from tasks.intake.data import prepare_splits
@@ -208,9 +207,11 @@ def compress(
             out: Path, source: ModelRef = model, cfg: Any = config, run: Any = spec.run
         ) -> dict[str, Any]:
             produced = run(source, cfg, out, context)
-            return {"format": produced.format, "size_bytes": weights_bytes(out)}
+            return {"format": produced.format, "size_bytes": model_size_bytes(out)}
 
-        result = run_step(settings.artifacts_dir, f"technique/{spec.name}", config, inputs, work)
+        result = run_step(
+            settings.artifacts_dir, f"technique/{spec.name}", config, inputs, work, code=spec.run.__module__
+        )
         results.append(result)
         model, key = ModelRef(path=result.path, format=spec.produces), result.key
     return model, results

@@ -14,12 +14,11 @@ from tqdm import tqdm
 
 from tasks.core.artifacts import StepResult, run_step
 from tasks.core.config import Strict
-from tasks.core.models import ONNX_FILE, ModelRef
+from tasks.core.models import ONNX_FILE, ModelRef, model_size_bytes
 from tasks.core.settings import Settings
 from tasks.intake.data import DatasetConfig, Example, load_split
 
 PREDICTIONS = "predictions.csv"
-WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".data")  # .data: ONNX external weights
 
 
 class EvalMetrics(BaseModel):
@@ -80,11 +79,6 @@ def load_predictor(model: ModelRef, threads: int = 0) -> Predictor:
     if model.format == "onnx":
         return OnnxPredictor(model.path, threads)
     return TorchPredictor(model.path, threads)
-
-
-def model_size_bytes(path: Path) -> int:
-    """Bytes of weights and graph on disk (tokenizer and metadata files excluded)."""
-    return sum(p.stat().st_size for p in path.rglob("*") if p.name.endswith(WEIGHT_SUFFIXES))
 
 
 def percentile_ms(samples_ns: list[int], q: float) -> float:
@@ -198,6 +192,7 @@ def evaluate(
         step_config,
         {"model": model_key, "split": split.key},
         work,
+        code=__name__,
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel
 
+from tasks.core.digests import content_digest, file_sha256
 from tasks.core.errors import CheckpointRefused
 from tasks.core.settings import Settings
 from tasks.core.store import ObjectInfo, open_store
@@ -61,20 +62,6 @@ def _fingerprint(objects: list[ObjectInfo], base: str = "") -> str:
     strip = len(base) + 1 if base else 0
     lines = "".join(f"{o.key[strip:]}\t{o.size}\t{o.etag}\n" for o in objects)
     return hashlib.sha256(lines.encode()).hexdigest()
-
-
-def content_digest(file_digests: dict[str, str]) -> str:
-    """sha256 over the sorted (relative path, file sha256) pairs."""
-    lines = "".join(f"{name}\t{file_digests[name]}\n" for name in sorted(file_digests))
-    return hashlib.sha256(lines.encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def list_checkpoints(settings: Settings, prefix: str = "") -> list[CheckpointInfo]:

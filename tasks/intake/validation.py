@@ -517,7 +517,7 @@ def validate_split_step(
         return {"success": report.success, "suites": len(report.suites)}
 
     step_config = {"dataset": dataset.model_dump(mode="json"), "validation": config.model_dump(mode="json")}
-    result = run_step(artifacts_dir, "validate.data", step_config, {"split": split.key}, work)
+    result = run_step(artifacts_dir, "validate.data", step_config, {"split": split.key}, work, code=__name__)
     return ValidationReport.model_validate_json((result.path / REPORT).read_text(encoding="utf-8"))
 
 
