@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from tasks.compress.techniques import get_technique
-from tasks.core.config import SLUG, Strict
+from tasks.core.config import SLUG, Strict, format_errors
 from tasks.core.errors import ConfigError, SlimlineError
 from tasks.gate.evaluate import EvaluationConfig
 from tasks.gate.gates import GateConfig, Target
@@ -95,21 +95,6 @@ class Recipe(Strict):
                 return variant
         allowed = ", ".join(v.name for v in self.variants)
         raise ConfigError(f"recipe {self.name} has no variant {name!r}; allowed: {allowed}")
-
-
-def format_errors(exc: ValidationError) -> str:
-    """One line: each failing field as `path = value: message`."""
-    parts = []
-    for error in exc.errors():
-        loc = ".".join(str(p) for p in error["loc"]) or "(root)"
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "missing":
-            parts.append(f"{loc}: field required")
-        elif isinstance(error["input"], dict | list):
-            parts.append(f"{loc}: {message}")
-        else:
-            parts.append(f"{loc} = {error['input']!r}: {message}"[:400])
-    return "; ".join(parts)
 
 
 def parse_recipe(data: object, origin: str) -> Recipe:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pathlib
 import pickle
 import shutil
@@ -350,26 +351,35 @@ def test_s3_keys_escaping_the_checkpoint_are_refused(
     assert not any(p.name.endswith("evil.json") for p in tmp_path.rglob("*"))
 
 
-def test_file_store_does_not_follow_symlinks(file_env: Env, tiny_checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["symbolic link", "symbolic link to a folder", "hard link", "pipe"])
+def test_file_store_refuses_links_and_special_files_by_name(
+    file_env: Env, tiny_checkpoint: Path, tmp_path: Path, kind: str
+) -> None:
     env = file_env
     secret = tmp_path / "outside" / "secret.txt"
     secret.parent.mkdir()
     secret.write_text("TOP SECRET outside the store")
     uri = env.publish(tiny_checkpoint)
     folder = Path(env.settings.store_uri.removeprefix("file://")) / PREFIX / NAME
-    (folder / "notes.txt").symlink_to(secret)
-    (folder / "extra").symlink_to(secret.parent, target_is_directory=True)
-
-    fetched = fetch(env.settings, uri)
-    assert fetched.digest == _expected_digest(tiny_checkpoint)
-    assert not (fetched.path / "notes.txt").exists()
-    assert not (fetched.path / "extra").exists()
+    if kind == "symbolic link":
+        (folder / "notes.txt").symlink_to(secret)
+        expected = "'notes.txt' is a symbolic link, which slimline never reads; allowed: plain files"
+    elif kind == "symbolic link to a folder":
+        (folder / "extra").symlink_to(secret.parent, target_is_directory=True)
+        expected = "'extra' is a symbolic link"
+    elif kind == "hard link":
+        os.link(secret, folder / "notes.txt")
+        expected = "'notes.txt' is a hard link to a file outside the listing"
+    else:
+        os.mkfifo(folder / "notes.txt")
+        expected = "'notes.txt' is a device or special file"
+    _refused(env, uri, expected)
     for path in env.settings.home.rglob("*"):
         if path.is_file():
             assert b"TOP SECRET" not in path.read_bytes(), path
 
 
-def test_file_store_symlinked_weights_are_not_fetched(
+def test_file_store_symlinked_weights_are_refused(
     file_env: Env, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     env = file_env
@@ -380,7 +390,7 @@ def test_file_store_symlinked_weights_are_not_fetched(
     folder = Path(env.settings.store_uri.removeprefix("file://")) / PREFIX / NAME
     (folder / "model.safetensors").unlink()
     (folder / "model.safetensors").symlink_to(outside)
-    _refused(env, uri, "no *.safetensors weights found")
+    _refused(env, uri, "'model.safetensors' is a symbolic link")
 
 
 def test_verify_folder_refuses_symlinks(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -228,14 +229,26 @@ def test_file_store_refuses_keys_outside_its_root(key: str, tmp_path: Path) -> N
     assert not (tmp_path / "out").exists()
 
 
-def test_file_store_list_skips_symlinks_and_temporary_files(tmp_path: Path) -> None:
+def test_file_store_lists_links_and_devices_by_kind_and_skips_temporary_files(tmp_path: Path) -> None:
     root = tmp_path / "store"
     _write(root / "ckpt" / "real.txt", b"real")
     _write(root / "ckpt" / ".real.txt.tmp-abc", b"half written")
     outside = _write(tmp_path / "outside" / "secret.txt", b"secret")
     (root / "ckpt" / "link.txt").symlink_to(outside)
     (root / "ckpt" / "linkdir").symlink_to(outside.parent, target_is_directory=True)
+    os.link(outside, root / "ckpt" / "hard.txt")
+    _write(root / "ckpt" / "twin-a.txt", b"twin")
+    os.link(root / "ckpt" / "twin-a.txt", root / "ckpt" / "twin-b.txt")
+    os.mkfifo(root / "ckpt" / "pipe")
     store = open_store(root.as_uri())
-    assert [o.key for o in store.list("ckpt")] == ["ckpt/real.txt"]
+    assert {o.key: o.kind for o in store.list("ckpt")} == {
+        "ckpt/hard.txt": "hard link to a file outside the listing",
+        "ckpt/link.txt": "symbolic link",
+        "ckpt/linkdir": "symbolic link",
+        "ckpt/pipe": "device or special file",
+        "ckpt/real.txt": "file",
+        "ckpt/twin-a.txt": "file",
+        "ckpt/twin-b.txt": "file",
+    }
     with pytest.raises(StoreError, match="escapes the store root"):
         store.download("ckpt/link.txt", tmp_path / "out")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,11 +21,23 @@ from tasks.core.errors import StoreError
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One object: its key relative to the store root, size in bytes and a change tag."""
+    """One object: its key relative to the store root, size in bytes, a change tag, and what
+    kind of entry it is. Only a `file` holds bytes a reader may use; the other kinds exist on
+    file systems (a link could point anywhere on this machine) and are listed so that callers
+    can refuse them by name instead of not seeing them."""
 
     key: str
     size: int
     etag: str
+    kind: str = "file"  # file | symbolic link | hard link to a file outside the listing | device
+
+
+def _entry_kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "device or special file"
 
 
 class ObjectStore(Protocol):
@@ -59,14 +73,22 @@ class FileStore:
         base = self._path(_clean_prefix(prefix)) if prefix.strip("/") else self.root.resolve()
         if not base.exists():
             return []
-        found = []
+        entries = []
         for path in sorted(base.rglob("*")):
-            # Symlinks are skipped: a link could point anywhere on this machine.
-            if path.is_symlink() or not path.is_file() or ".tmp-" in path.name:
+            info = path.lstat()
+            if stat.S_ISDIR(info.st_mode) or ".tmp-" in path.name:
                 continue
-            stat = path.stat()
+            entries.append((path, info))
+        # A hard link is a second name for the same bytes; one whose other names all lie in the
+        # listing is harmless, one shared with a file outside it exposes that file.
+        names_inside = Counter((i.st_dev, i.st_ino) for _, i in entries)
+        found = []
+        for path, info in entries:
+            kind = _entry_kind(info.st_mode)
+            if kind == "file" and info.st_nlink > names_inside[(info.st_dev, info.st_ino)]:
+                kind = "hard link to a file outside the listing"
             key = path.relative_to(self.root.resolve()).as_posix()
-            found.append(ObjectInfo(key=key, size=stat.st_size, etag=str(stat.st_mtime_ns)))
+            found.append(ObjectInfo(key=key, size=info.st_size, etag=str(info.st_mtime_ns), kind=kind))
         return found
 
     def download(self, key: str, dest: Path) -> None:

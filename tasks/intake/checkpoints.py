@@ -200,15 +200,20 @@ def check_safetensors(uri: str, path: Path, name: str) -> None:
         )
 
 
+def _check_kinds(uri: str, objects: list[ObjectInfo]) -> None:
+    """Only plain files: a link could point anywhere on this machine, and loading the folder
+    would follow it; a device or pipe has no bytes to verify."""
+    for obj in objects:
+        if obj.kind != "file":
+            raise CheckpointRefused(
+                f"checkpoint {uri}: {obj.key!r} is a {obj.kind}, which slimline never reads; "
+                "allowed: plain files"
+            )
+
+
 def verify_folder(uri: str, folder: Path) -> tuple[str, str]:
     """Verify a local checkpoint folder; return (content digest, model type)."""
-    for path in folder.rglob("*"):
-        # A link could point anywhere on this machine, and loading the folder would follow it.
-        if path.is_symlink():
-            raise CheckpointRefused(
-                f"checkpoint {uri}: {path.relative_to(folder).as_posix()!r} is a symbolic link, "
-                "which slimline never follows"
-            )
+    _check_kinds(uri, open_store(folder.as_uri()).list(""))
     keys = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
     _check_names(uri, keys)
     model_type = _check_config(uri, folder)
@@ -258,6 +263,7 @@ def fetch(settings: Settings, uri: str) -> VerifiedCheckpoint:
     objects = store.list("")
     if not objects:
         raise CheckpointRefused(f"checkpoint {uri}: no files found")
+    _check_kinds(uri, objects)
     keys = [o.key for o in objects]
     _check_names(uri, keys)
     size = sum(o.size for o in objects)
