@@ -4,7 +4,8 @@ Each step writes a folder keyed by a digest of (step, config, input digests, cod
 the code digest covers the modules the step runs and nothing else (see tasks.core.version).
 The folder appears under its final name only when complete (written beside it, then renamed),
 so a rerun with the same inputs finds it and does no work, and a step that died half-way
-leaves nothing a reader could mistake for a result. Chained manifests are the lineage.
+leaves nothing a reader could mistake for a result (its staging folder, hidden, is removed by the
+next run of the same step; see tasks.core.locks). Chained manifests are the lineage.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from tasks.core.locks import staging_dir
 from tasks.core.version import code_commit, code_digest, code_modules
 
 log = logging.getLogger(__name__)
@@ -91,10 +91,9 @@ def run_step(
         log.info("%s: reusing %s", step, final)
         return StepResult(path=final, manifest=load_manifest(final), reused=True)
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key[:24]}.tmp-"))
     started = time.perf_counter()
-    try:
+    # Held by this process while written; a run killed here leaves it for the next writer to remove.
+    with staging_dir(final.parent, prefix=f".{key[:24]}.tmp-") as staging:
         metrics = work(staging)
         manifest = Manifest(
             step=step,
@@ -113,10 +112,6 @@ def run_step(
             os.replace(staging, final)
         except OSError:
             # Another worker finished the same step first; its result is identical.
-            shutil.rmtree(staging, ignore_errors=True)
             return StepResult(path=final, manifest=load_manifest(final), reused=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info("%s: computed in %.1fs -> %s", step, manifest.seconds, final)
     return StepResult(path=final, manifest=manifest, reused=False)

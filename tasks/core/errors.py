@@ -78,3 +78,13 @@ class IncompleteRun(SlimlineError):
     """Some variants of a checkpoint did not finish (a task failed), so nothing of it is published."""
 
     exit_code = 11
+
+
+class RunInProgress(SlimlineError):
+    """The same work (a checkpoint with a recipe) is being run by another live process.
+
+    Transient: once that process ends, a rerun resumes or reuses what it left.
+    """
+
+    exit_code = 12
+    transient = True

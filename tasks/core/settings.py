@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         return self.home / "cache"
 
     @property
+    def locks_dir(self) -> Path:
+        """Run locks: one per checkpoint and recipe being run locally (see tasks.core.locks)."""
+        return self.home / "locks"
+
+    @property
     def airflow_home(self) -> Path:
         return self.home / "airflow"
 

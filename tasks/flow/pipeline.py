@@ -16,6 +16,7 @@ from tasks.compress.techniques import get_technique
 from tasks.compress.training import TRAINING_LOG_FILE, TrainingLog, read_training_log
 from tasks.core.artifacts import StepResult, run_step
 from tasks.core.errors import ConfigError, DataValidationError, IncompleteRun
+from tasks.core.locks import run_lock
 from tasks.core.models import ModelRef, model_size_bytes
 from tasks.core.settings import Settings
 from tasks.core.version import code_commit
@@ -39,6 +40,8 @@ from tasks.report.html import write_report
 from tasks.report.summary import Row, Summary
 
 log = logging.getLogger(__name__)
+
+LOCAL_LABEL = "local-"  # run labels of `slimline run`; Airflow's are its DAG run ids
 
 
 class Prepared(BaseModel):
@@ -392,7 +395,7 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
     versions: dict[str, str] = {}
     new_versions = []
     for outcome in passing:
-        version, created = tracking.register_version(
+        version, new = tracking.register_version(
             settings,
             recipe,
             outcome.run_id,
@@ -414,7 +417,7 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
             },
         )
         versions[outcome.variant] = version
-        if created:
+        if new:
             new_versions.append(version)
     candidate = versions[passing[-1].variant] if passing else None
     if candidate:
@@ -477,8 +480,19 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
 
 
 def run_local(settings: Settings, recipe_path: Path, checkpoint_uri: str) -> Summary:
-    """Every step for one checkpoint in this process: the DAG's work without Airflow."""
-    prepared = prepare(settings, recipe_path, checkpoint_uri, run_label=f"local-{uuid.uuid4().hex[:12]}")
-    recipe = load_checked_recipe(prepared.recipe_path, prepared.recipe_digest)
-    outcomes = [run_variant(settings, prepared, v.name) for v in recipe.variants]
-    return publish(settings, prepared, outcomes)
+    """Every step for one checkpoint in this process: the DAG's work without Airflow.
+
+    One local run of a checkpoint with a recipe at a time: a second fails at once with
+    RunInProgress. A run that died (killed, machine lost) is resumed by the next: its parent run
+    continues, finished steps and child runs are reused, its registered versions found again."""
+    recipe = load_recipe(recipe_path)
+    checkpoint = fetch(settings, checkpoint_uri)
+    lock = settings.locks_dir / f"run-{checkpoint.digest[:24]}-{recipe.digest[:24]}.lock"
+    with run_lock(lock, f"checkpoint {checkpoint.uri} with recipe {recipe.name}"):
+        label = tracking.resume_dead_run(settings, recipe, checkpoint.digest, LOCAL_LABEL)
+        prepared = prepare(
+            settings, recipe_path, checkpoint_uri, label or f"{LOCAL_LABEL}{uuid.uuid4().hex[:12]}"
+        )
+        recipe = load_checked_recipe(prepared.recipe_path, prepared.recipe_digest)
+        outcomes = [run_variant(settings, prepared, v.name) for v in recipe.variants]
+        return publish(settings, prepared, outcomes)

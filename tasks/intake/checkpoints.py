@@ -11,15 +11,14 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import struct
-import tempfile
 from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel
 
 from tasks.core.digests import content_digest, file_sha256
 from tasks.core.errors import CheckpointRefused
+from tasks.core.locks import LOCK_SUFFIX, file_lock, staging_dir
 from tasks.core.settings import Settings
 from tasks.core.store import ObjectInfo, open_store
 
@@ -237,11 +236,14 @@ def known_digest(settings: Settings, uri: str, fingerprint: str) -> str | None:
 
 def _remember_digest(settings: Settings, uri: str, fingerprint: str, digest: str) -> None:
     index = _fingerprint_index(settings)
-    known: dict[str, str] = json.loads(index.read_text()) if index.exists() else {}
-    known[f"{uri}|{fingerprint}"] = digest
-    tmp = index.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
-    os.replace(tmp, index)
+    # One writer at a time: no lost update between concurrent fetches, and a fixed temporary name
+    # that a writer killed mid-write leaves for the next one to overwrite, not a file per process.
+    with file_lock(index.with_suffix(LOCK_SUFFIX)):
+        known: dict[str, str] = json.loads(index.read_text()) if index.exists() else {}
+        known[f"{uri}|{fingerprint}"] = digest
+        tmp = index.with_suffix(".tmp")
+        tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+        os.replace(tmp, index)
 
 
 def _cached(settings: Settings, uri: str, digest: str, size: int) -> VerifiedCheckpoint | None:
@@ -278,9 +280,8 @@ def fetch(settings: Settings, uri: str) -> VerifiedCheckpoint:
         log.info("checkpoint %s unchanged, using cache %s", uri, hit.path)
         return hit
 
-    settings.cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=settings.cache_dir, prefix=".fetch-"))
-    try:
+    # Held while downloaded and verified; a fetch killed here leaves it for the next fetch to remove.
+    with staging_dir(settings.cache_dir, prefix=".fetch-") as staging:
         for key in keys:
             dest = staging / key
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -290,13 +291,8 @@ def fetch(settings: Settings, uri: str) -> VerifiedCheckpoint:
             json.dumps({"uri": uri, "digest": digest, "model_type": model_type})
         )
         final = settings.cache_dir / digest
-        if final.exists():
-            shutil.rmtree(staging)
-        else:
+        if not final.exists():
             os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     _remember_digest(settings, uri, fingerprint, digest)
     log.info("checkpoint %s verified, digest %s", uri, digest[:12])
     return VerifiedCheckpoint(uri=uri, digest=digest, path=final, size_bytes=size, model_type=model_type)

@@ -15,6 +15,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from tasks.core.errors import ConfigError, RegistryError
@@ -57,9 +58,14 @@ def _tags(values: dict[str, Any]) -> list[RunTag]:
     return [RunTag(f"{TAG}{k}", str(v)[:5000]) for k, v in values.items()]
 
 
+def _find_runs(mlflow: MlflowClient, experiment: str, tags: dict[str, str], extra: str = "") -> list[Run]:
+    """The runs with these tags (and `extra` filter clauses), newest first."""
+    clauses = " and ".join([f"tags.`{TAG}{k}` = '{v}'" for k, v in tags.items()] + ([extra] if extra else []))
+    return list(mlflow.search_runs([experiment], clauses, order_by=["start_time DESC"]))
+
+
 def _find_run(mlflow: MlflowClient, experiment: str, tags: dict[str, str]) -> str | None:
-    clauses = " and ".join(f"tags.`{TAG}{k}` = '{v}'" for k, v in tags.items())
-    runs = mlflow.search_runs([experiment], clauses, max_results=1, order_by=["start_time DESC"])
+    runs = _find_runs(mlflow, experiment, tags)
     return str(runs[0].info.run_id) if runs else None
 
 
@@ -85,6 +91,31 @@ def start_parent_run(
     return str(run.info.run_id)
 
 
+def resume_dead_run(
+    settings: Settings, recipe: Recipe, checkpoint_digest: str, label_prefix: str
+) -> str | None:
+    """The run label of the newest parent run for this checkpoint and recipe left RUNNING under a
+    label starting with `label_prefix`, so that the caller's run continues it; older ones are ended
+    KILLED. The caller must hold the lock that every run of that label family holds while alive
+    (tasks.core.locks.run_lock): then a RUNNING one is one whose process died."""
+    mlflow = client(settings)
+    experiment = experiment_id(mlflow, settings, recipe)
+    key = {"kind": "checkpoint", "checkpoint_digest": checkpoint_digest, "recipe_digest": recipe.digest}
+    dead = _find_runs(
+        mlflow,
+        experiment,
+        key,
+        f"tags.`{TAG}run_label` LIKE '{label_prefix}%' and attributes.status = 'RUNNING'",
+    )
+    for older in dead[1:]:
+        log.info("ending parent run %s of a run that died: KILLED", older.info.run_id)
+        mlflow.set_terminated(older.info.run_id, "KILLED")
+    if not dead:
+        return None
+    log.info("resuming parent run %s of a run that died", dead[0].info.run_id)
+    return str(dead[0].data.tags[f"{TAG}run_label"])
+
+
 def log_metrics(settings: Settings, run_id: str, metrics: dict[str, float]) -> None:
     client(settings).log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()])
 
@@ -103,13 +134,17 @@ def log_variant_run(
 ) -> str:
     """A finished child run for one variant: params, metrics, verdict tags, manifests and
     predictions, and `curves` (metric name → (step, value) points, e.g. training losses) as
-    stepped metrics. A retried task finds the child it already logged."""
+    stepped metrics. A retried task finds the child it already logged; a child left RUNNING by a
+    task that died while logging it is ended KILLED, and a new one logged."""
     mlflow = client(settings)
     experiment = experiment_id(mlflow, settings, recipe)
     key = {"parent_run_id": parent_run_id, "variant": variant, "kind": "variant"}
-    existing = _find_run(mlflow, experiment, key)
-    if existing and mlflow.get_run(existing).info.status == "FINISHED":
-        return existing
+    earlier = _find_runs(mlflow, experiment, key)
+    finished = [r for r in earlier if r.info.status == "FINISHED"]
+    if finished:
+        return str(finished[0].info.run_id)
+    for dead in (r for r in earlier if r.info.status == "RUNNING"):
+        mlflow.set_terminated(dead.info.run_id, "KILLED")
     run = mlflow.create_run(
         experiment,
         run_name=variant,
@@ -167,6 +202,19 @@ def processed(settings: Settings, recipe: Recipe, checkpoint_digest: str) -> boo
     return bool(mlflow.search_runs([experiment], query, max_results=1))
 
 
+def _earlier_version(mlflow: MlflowClient, name: str, artifact_key: str) -> ModelVersion | None:
+    """The READY version of `name` holding this content key, if any. A failed registration does not
+    count (a new one replaces it); a pending one cannot be judged yet: a transient RegistryError."""
+    found = mlflow.search_model_versions(f"name = '{name}' and tags.`{TAG}artifact_key` = '{artifact_key}'")
+    pending = [v for v in found if v.status == "PENDING_REGISTRATION"]
+    if pending:
+        raise RegistryError(
+            f"{name} version {pending[0].version} of this model is still pending; retry later"
+        )
+    ready = sorted((v for v in found if v.status == "READY"), key=lambda v: int(v.version))
+    return ready[0] if ready else None
+
+
 def register_version(
     settings: Settings,
     recipe: Recipe,
@@ -174,17 +222,17 @@ def register_version(
     model_dir: Path,
     lineage: dict[str, Any],
 ) -> tuple[str, bool]:
-    """Register a passing variant; return (version, created). The lineage key (checkpoint,
-    recipe, variant) makes a repeat registration find the existing version instead."""
+    """Register a passing variant; return (version, new), `new` when the version belongs to this
+    parent run (registered now, or by this run before it was killed). The model's content key
+    (lineage `artifact_key`, the key of the variant's final step) finds the version registered
+    earlier for the same model instead of creating a second."""
     mlflow = client(settings)
     name = registered_model_name(settings, recipe)
-    lineage_key = f"{lineage['checkpoint_digest']}:{lineage['recipe_digest']}:{lineage['variant']}"
     try:
-        existing = mlflow.search_model_versions(
-            f"name = '{name}' and tags.`{TAG}lineage_key` = '{lineage_key}'"
-        )
-        if existing:
-            return str(existing[0].version), False
+        earlier = _earlier_version(mlflow, name, str(lineage["artifact_key"]))
+        if earlier is not None:
+            parent = (earlier.tags or {}).get(f"{TAG}parent_run_id")
+            return str(earlier.version), parent == str(lineage["parent_run_id"])
         try:
             mlflow.create_registered_model(name, description=recipe.description)
         except MlflowException as exc:
@@ -192,7 +240,7 @@ def register_version(
                 raise
         mlflow.log_artifacts(run_id, str(model_dir), "model")
         source = f"{mlflow.get_run(run_id).info.artifact_uri}/model"
-        tags = {f"{TAG}{k}": str(v) for k, v in (lineage | {"lineage_key": lineage_key}).items()}
+        tags = {f"{TAG}{k}": str(v) for k, v in lineage.items()}
         version = mlflow.create_model_version(name, source, run_id=run_id, tags=tags)
     except MlflowException as exc:
         raise RegistryError(f"registering {name} from run {run_id} failed: {exc.message}") from exc
@@ -201,7 +249,18 @@ def register_version(
 
 
 def set_alias(settings: Settings, recipe: Recipe, alias: str, version: str) -> None:
-    client(settings).set_registered_model_alias(registered_model_name(settings, recipe), alias, version)
+    """Point `alias` at `version`, which must be READY: an alias never names a version without files."""
+    mlflow = client(settings)
+    name = registered_model_name(settings, recipe)
+    try:
+        status = mlflow.get_model_version(name, version).status
+        if status != "READY":
+            raise RegistryError(f"not moving alias {alias} of {name} to version {version}: it is {status}")
+        mlflow.set_registered_model_alias(name, alias, version)
+    except MlflowException as exc:
+        raise RegistryError(
+            f"moving alias {alias} of {name} to version {version} failed: {exc.message}"
+        ) from exc
 
 
 def load_text(settings: Settings, run_id: str, name: str) -> str:

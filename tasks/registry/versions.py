@@ -5,9 +5,6 @@ here, and evaluate it on a split, so gates can compare a variant with what is re
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -15,6 +12,7 @@ from pydantic import BaseModel
 
 from tasks.core.artifacts import StepResult
 from tasks.core.errors import ConfigError, RegistryError
+from tasks.core.locks import staging_dir
 from tasks.core.models import ModelFormat, ModelRef
 from tasks.core.settings import Settings
 from tasks.gate.evaluate import EvalMetrics, evaluate, read_predictions
@@ -103,20 +101,17 @@ def fetch_version(settings: Settings, ref: VersionRef) -> ModelRef:
     """The version's model folder in the local cache, downloaded from its run once (atomically)."""
     final = settings.cache_dir / "versions" / ref.name / ref.version
     if not final.exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{ref.version}.tmp-"))
-        try:
-            downloaded = tracking.client(settings).download_artifacts(ref.run_id, "model", str(staging))
-            os.replace(downloaded, final)
-        except MlflowException as exc:
-            raise RegistryError(
-                f"downloading {ref.label} from run {ref.run_id} failed: {exc.message}"
-            ) from exc
-        except OSError:
-            if not final.exists():
-                raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with staging_dir(final.parent, prefix=f".{ref.version}.tmp-") as staging:
+            try:
+                downloaded = tracking.client(settings).download_artifacts(ref.run_id, "model", str(staging))
+                os.replace(downloaded, final)
+            except MlflowException as exc:
+                raise RegistryError(
+                    f"downloading {ref.label} from run {ref.run_id} failed: {exc.message}"
+                ) from exc
+            except OSError:
+                if not final.exists():
+                    raise
     fmt: ModelFormat = "onnx" if ref.lineage.get("format") == "onnx" else "hf"
     return ModelRef(path=final, format=fmt)
 
