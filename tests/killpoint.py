@@ -3,8 +3,9 @@ crashes exactly when it reaches that point (the function itself never runs):
 
     python -m tests.killpoint MODULE:FUNCTION [slimline arguments...]
 
-The function is looked up as an attribute of its module when called, so the callers must reach it
-through the module (`tracking.set_alias`, a technique's `from onnxruntime.quantization import ...`).
+FUNCTION may be dotted (`Class.method`). It is looked up as an attribute when called, so the callers
+must reach it through its owner (`tracking.set_alias`, a technique's `from onnxruntime.quantization
+import ...` inside its run, a method of a client).
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from tasks.cli import main
 
 def arm(target: str) -> None:
     """Replace MODULE:FUNCTION by a SIGKILL of this process."""
-    module_name, _, name = target.partition(":")
-    module = importlib.import_module(module_name)
-    if not callable(getattr(module, name, None)):
+    module_name, _, path = target.partition(":")
+    *owners, name = path.split(".")
+    owner: Any = importlib.import_module(module_name)
+    for attribute in owners:
+        owner = getattr(owner, attribute)
+    if not callable(getattr(owner, name, None)):
         raise SystemExit(f"killpoint: {target} is not a function")
 
     def kill(*args: Any, **kwargs: Any) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
-    setattr(module, name, kill)
+    setattr(owner, name, kill)
 
 
 if __name__ == "__main__":
