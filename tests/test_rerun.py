@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mlflow import MlflowClient
 
+from tasks.core.errors import RegistryError
 from tasks.core.settings import Settings
-from tasks.registry.tracking import load_summary
+from tasks.recipe import load_recipe
+from tasks.registry.tracking import client, experiment_id, load_summary, register_version, set_alias
 from tests.tiny import publish, write_tiny_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +85,8 @@ def runs(home: Path, kind: str) -> list[Any]:
 
 def entries(home: Path) -> tuple[set[str], set[str]]:
     """(artifact folders as step/key, hidden leftovers anywhere under artifacts and cache)."""
-    folders, hidden = set(), set()
+    folders: set[str] = set()
+    hidden: set[str] = set()
     for step in sorted(os.listdir(home / "artifacts")):
         for name in os.listdir(home / "artifacts" / step):
             (hidden if name.startswith(".") else folders).add(f"{step}/{name}")
@@ -159,3 +164,44 @@ def test_kill_and_rerun_ends_as_an_uninterrupted_run(tmp_path, tiny_checkpoint):
         (r.data.tags["slimline.variant"], r.info.status) for r in runs(reference, "variant")
     )
     print("seconds:", {k: round(v, 1) for k, v in seconds.items()})
+
+
+def set_status(settings: Settings, version: str, status: str) -> None:
+    """Leave a version in `status` in the registry's database, as a registration that died would."""
+    with sqlite3.connect(settings.home / "mlflow.db") as db:
+        db.execute(
+            "UPDATE model_versions SET status = ? WHERE name = ? AND version = ?",
+            (status, MODEL, int(version)),
+        )
+
+
+def test_registration_is_found_by_content_key_and_aliases_need_a_ready_version(settings, tmp_path):
+    recipe = load_recipe(write_tiny_recipe(tmp_path / "recipe"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.onnx").write_bytes(b"onnx")
+    mlflow = client(settings)
+    parent = mlflow.create_run(experiment_id(mlflow, settings, recipe)).info.run_id
+    child = mlflow.create_run(experiment_id(mlflow, settings, recipe)).info.run_id
+    lineage = {"artifact_key": "k" * 64, "parent_run_id": parent, "variant": "v"}
+
+    assert register_version(settings, recipe, child, model, lineage) == ("1", True)
+    assert register_version(settings, recipe, child, model, lineage) == ("1", True)  # the same parent run
+    assert register_version(settings, recipe, child, model, lineage | {"parent_run_id": "later"}) == (
+        "1",
+        False,
+    )
+
+    set_status(settings, "1", "PENDING_REGISTRATION")
+    with pytest.raises(RegistryError, match="version 1 of this model is still pending"):
+        register_version(settings, recipe, child, model, lineage)
+    with pytest.raises(RegistryError) as refused:
+        set_alias(settings, recipe, "candidate", "1")
+    assert str(refused.value) == (
+        "not moving alias candidate of tiny-sentiment to version 1: it is PENDING_REGISTRATION"
+    )
+
+    set_status(settings, "1", "FAILED_REGISTRATION")
+    assert register_version(settings, recipe, child, model, lineage) == ("2", True)
+    set_alias(settings, recipe, "candidate", "2")
+    assert str(mlflow.get_model_version_by_alias(MODEL, "candidate").version) == "2"

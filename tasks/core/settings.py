@@ -72,7 +72,7 @@ class Settings(BaseSettings):
 
     @property
     def locks_dir(self) -> Path:
-        """Run locks: one per checkpoint and recipe being run locally (see tasks.core.locks)."""
+        """Lock files (see tasks.core.locks): one per checkpoint and recipe run locally, the cache index's."""
         return self.home / "locks"
 
     @property

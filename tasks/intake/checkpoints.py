@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from tasks.core.digests import content_digest, file_sha256
 from tasks.core.errors import CheckpointRefused
-from tasks.core.locks import LOCK_SUFFIX, file_lock, staging_dir
+from tasks.core.locks import file_lock, staging_dir
 from tasks.core.settings import Settings
 from tasks.core.store import ObjectInfo, open_store
 
@@ -238,7 +238,7 @@ def _remember_digest(settings: Settings, uri: str, fingerprint: str, digest: str
     index = _fingerprint_index(settings)
     # One writer at a time: no lost update between concurrent fetches, and a fixed temporary name
     # that a writer killed mid-write leaves for the next one to overwrite, not a file per process.
-    with file_lock(index.with_suffix(LOCK_SUFFIX)):
+    with file_lock(settings.locks_dir / "fingerprints.lock"):
         known: dict[str, str] = json.loads(index.read_text()) if index.exists() else {}
         known[f"{uri}|{fingerprint}"] = digest
         tmp = index.with_suffix(".tmp")
