@@ -50,7 +50,7 @@ def _linked(fd: int, path: Path) -> bool:
         return False
 
 
-def holder(path: Path) -> str:
+def _holder(path: Path) -> str:
     """What the holder of a run lock wrote into it (its process id), or `unknown`."""
     try:
         return path.read_text(encoding="utf-8").strip() or "unknown"
@@ -66,7 +66,7 @@ def run_lock(path: Path, what: str) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = _try_lock(path, blocking=False)
     if fd is None:
-        raise RunInProgress(f"{what} is already running in process {holder(path)} (lock {path})")
+        raise RunInProgress(f"{what} is already running in process {_holder(path)} (lock {path})")
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
