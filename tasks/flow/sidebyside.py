@@ -31,6 +31,7 @@ class Entrant(BaseModel):
 
 class SideBySide(BaseModel):
     table: TimingTable
+    step: StepResult  # the timing step (computed, or reused from the cache)
     verdicts: dict[str, Verdict]  # each entrant's verdict with its latency budgets judged
     choice: Choice | None
     order: list[str]  # the variants still passing, in registration order (candidate last)
@@ -48,7 +49,7 @@ def time_and_choose(
     """Time the baseline and every entrant side by side (a cached step), judge latency budgets on
     that table and choose the candidate among those still passing."""
     timed = [baseline, *(TimedModel(name=e.name, model=e.model, key=e.key) for e in entrants)]
-    table, _ = time_side_by_side(settings, timed, split, recipe.dataset.max_length, recipe.timing)
+    table, step = time_side_by_side(settings, timed, split, recipe.dataset.max_length, recipe.timing)
     verdicts = {e.name: timed_verdict(recipe, e.verdict, table, e.name) for e in entrants}
     contenders = [
         Contender(
@@ -59,7 +60,7 @@ def time_and_choose(
     ]
     choice = choose_candidate(contenders)
     return SideBySide(
-        table=table, verdicts=verdicts, choice=choice, order=registration_order(contenders, choice)
+        table=table, step=step, verdicts=verdicts, choice=choice, order=registration_order(contenders, choice)
     )
 
 
