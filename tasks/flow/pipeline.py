@@ -471,6 +471,7 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
         )
         for o in outcomes
     ]
+    timing_computed, timing_reused = _count([side.step])
     summary = Summary(
         recipe=recipe.name,
         recipe_digest=recipe.digest,
@@ -485,8 +486,8 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
         candidate=candidate,
         timing=side.table,
         candidate_reason=side.choice.reason if side.choice else "no variant passed its gates",
-        steps_computed=prepared.steps_computed + sum(o.steps_computed for o in outcomes),
-        steps_reused=prepared.steps_reused + sum(o.steps_reused for o in outcomes),
+        steps_computed=prepared.steps_computed + sum(o.steps_computed for o in outcomes) + timing_computed,
+        steps_reused=prepared.steps_reused + sum(o.steps_reused for o in outcomes) + timing_reused,
     )
     validation = ValidationReport(
         suites=[*prepared.validation.suites, *(s for o in outcomes for s in o.validation.suites)]
