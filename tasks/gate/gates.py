@@ -124,13 +124,12 @@ def recall_drops(
     return drops
 
 
-def _budget(name: str, value: float, budget: float, text: str, unit: str) -> GateCheck:
+def _size_budget(name: str, value: float, budget: float, text: str) -> GateCheck:
     ok = value <= budget
-    digits = 1 if unit == "MB" else 2
     return GateCheck(
         name=name,
         passed=ok,
-        reason=f"{text} {value:.{digits}f} {'≤' if ok else '>'} {budget:.{digits}f} {unit}",
+        reason=f"{text} {value:.1f} {'≤' if ok else '>'} {budget:.1f} MB",
         numbers={"value": round(value, 4), "budget": budget},
     )
 
@@ -207,11 +206,11 @@ def judge(
         )
     size_mb = metrics.size_bytes / 1e6
     if config.max_size_mb is not None:
-        checks.append(_budget("size", size_mb, config.max_size_mb, "size", "MB"))
+        checks.append(_size_budget("size", size_mb, config.max_size_mb, "size"))
     for target in targets:
         if target.max_size_mb is not None:
             checks.append(
-                _budget(f"size[{target.name}]", size_mb, target.max_size_mb, f"{target.name} size", "MB")
+                _size_budget(f"size[{target.name}]", size_mb, target.max_size_mb, f"{target.name} size")
             )
     if config.max_regression_vs_production is not None and production is not None:
         regression = paired_bootstrap_drop(
@@ -234,6 +233,9 @@ def judge(
             )
         )
     return Verdict(passed=all(c.passed for c in checks), checks=checks, accuracy_drop=drop)
+
+
+BUDGET_TIMING = "Latency budgets are judged on the median p95 of the side-by-side timing."
 
 
 def _latency_budget(name: str, p95_ms: float, budget: float, owner: str) -> GateCheck:

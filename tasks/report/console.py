@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tasks.gate.candidate import RULE
-from tasks.gate.gates import Interval
+from tasks.gate.gates import BUDGET_TIMING, Interval
 from tasks.gate.timing import TimingTable
 from tasks.registry.versions import Recheck
 from tasks.report.summary import Row, Summary
@@ -96,8 +96,8 @@ def timing_rows(timing: TimingTable) -> list[list[str]]:
 TIMING_HEADERS = ["model", "runtime", "p50 ms per round", "median p50 ms", "p50 spread ms", "median p95 ms"]
 
 
-def timing_table(timing: TimingTable, title: str = "side-by-side timing") -> Table:
-    table = Table(title=f"{title}: {timing_caption(timing)}", title_justify="left")
+def timing_table(timing: TimingTable) -> Table:
+    table = Table(title=f"side-by-side timing: {timing_caption(timing)}", title_justify="left")
     for column in TIMING_HEADERS:
         table.add_column(column, justify="left" if column in ("model", "runtime") else "right")
     for cells in timing_rows(timing):
@@ -116,7 +116,7 @@ def print_summary(summary: Summary, out: Console | None = None) -> None:
     if summary.timing is not None:
         out.print(timing_table(summary.timing))
         out.print(f"candidate: {summary.candidate_reason}")
-        out.print(f"rule: {RULE} Latency budgets are judged on the median p95 of this table.")
+        out.print(f"rule: {RULE} {BUDGET_TIMING}")
     out.print(versions_text(summary))
 
 

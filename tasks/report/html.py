@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from tasks.core.errors import ConfigError
 from tasks.core.settings import Settings
 from tasks.gate.candidate import RULE
+from tasks.gate.gates import BUDGET_TIMING
 from tasks.intake.validation import REPORT as VALIDATION_ARTIFACT
 from tasks.intake.validation import SuiteResult, ValidationReport
 from tasks.registry import tracking
@@ -199,8 +200,8 @@ def _timing(summary: Summary) -> str:
         [
             heading + "<p>The baseline and every variant that passed its other gates, "
             f"{_e(timing_caption(summary.timing))}. "
-            "Latency budgets are judged on the median p95 of this table; the “own” latencies of the "
-            "variant table come from each model's evaluation alone and are not comparable.</p>",
+            f"{_e(BUDGET_TIMING)} The “own” latencies of the variant table come from each model's "
+            "evaluation alone, minutes apart, and are not comparable.</p>",
             _table(TIMING_HEADERS, cells),
             f"<p>Rule: {_e(RULE)}</p>",
             f"<p>Candidate: {_e(summary.candidate_reason)}</p>",
