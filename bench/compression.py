@@ -1,8 +1,9 @@
 """Compression benchmark: every variant of a recipe on the demo teacher, side by side.
 
 Accuracy and its paired 95% interval come from the pipeline's own evaluation and gates;
-latency is measured again here for all models in one process, interleaved round by round,
-so every row sees the same machine conditions. The reference row is ONNX Runtime dynamic
+latency is measured again here, with more requests than the pipeline's own side-by-side timing,
+by the same code (tasks.gate.timing): all models in one process, interleaved round by round, so
+every row sees the same machine conditions. The reference row is ONNX Runtime dynamic
 INT8 of the full model (`onnx-int8-dynamic`), the default a team would pick.
 
     python bench/compression.py            # run, write bench/results/compression.json + .png
@@ -38,13 +39,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from tasks.compress.training import TEACHER_LOGITS_STEP
     from tasks.core.artifacts import load_manifest
-    from tasks.core.models import ModelRef
     from tasks.core.settings import Settings
     from tasks.core.version import code_digest
     from tasks.demo.runner import demo_checkpoint
     from tasks.demo.teacher import TeacherConfig
-    from tasks.flow.pipeline import prepare, publish, run_variant
-    from tasks.gate.evaluate import Encoder, load_predictor, metrics_of, percentile_ms, time_requests
+    from tasks.flow.pipeline import baseline_model, prepare, publish, run_variant
+    from tasks.gate.evaluate import metrics_of
+    from tasks.gate.timing import TimedModel, TimingConfig, time_interleaved
     from tasks.intake.data import load_split
     from tasks.recipe import load_recipe
 
@@ -56,25 +57,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     outcomes = [run_variant(settings, prepared, v.name) for v in recipe.variants]
     summary = publish(settings, prepared, outcomes)
 
-    models = {"baseline": ModelRef(path=prepared.checkpoint.path, format="hf")}
-    models |= {o.variant: o.model for o in outcomes}
-    texts = [e.text for e in load_split(prepared.split.path, "eval")[: args.samples]]
-    requests, predictors = {}, {}
-    for name, model in models.items():
-        encode = Encoder(model.path, recipe.dataset.max_length)
-        requests[name] = [encode([t]) for t in texts]
-        predictors[name] = load_predictor(model, recipe.evaluation.threads)
-        time_requests(predictors[name], requests[name][: recipe.evaluation.warmup])
-    timings: dict[str, list[int]] = {name: [] for name in models}
-    round_p50: dict[str, list[float]] = {name: [] for name in models}
-    chunk = -(-len(texts) // args.rounds)
-    for round_index in range(args.rounds):
-        part = slice(round_index * chunk, (round_index + 1) * chunk)
-        for name in models:  # interleaved: every model sees this round's conditions
-            measured = time_requests(predictors[name], requests[name][part])
-            timings[name] += measured
-            round_p50[name].append(percentile_ms(measured, 50))
-        print(f"round {round_index + 1}/{args.rounds} done", flush=True)
+    models = [baseline_model(prepared.checkpoint)]
+    models += [TimedModel(name=o.variant, model=o.model, key=o.model_key) for o in outcomes]
+    config = TimingConfig.model_validate(
+        recipe.timing.model_dump()
+        | {"rounds": args.rounds, "requests": -(-args.samples // args.rounds)}
+        | ({"threads": args.threads} if args.threads else {})
+    )
+    texts = [e.text for e in load_split(prepared.split.path, "eval")]
+    timing = time_interleaved(models, texts, recipe.dataset.max_length, config)
 
     produce = {o.variant: o.produce_seconds for o in outcomes}
     step_seconds = {
@@ -90,20 +81,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "runtime": metrics.runtime,
                 "accuracy": metrics.accuracy,
                 "drop_pts": row.drop.model_dump() if row.drop else None,
-                "p50_ms": percentile_ms(timings[row.name], 50),
-                "p95_ms": percentile_ms(timings[row.name], 95),
-                "p50_ms_per_round": round_p50[row.name],
+                "p50_ms": timing.of(row.name).p50_ms,
+                "p95_ms": timing.of(row.name).p95_ms,
+                "p50_ms_per_round": timing.of(row.name).p50_ms_per_round,
+                "speedup_vs_reference": round(timing.of(REFERENCE).p50_ms / timing.of(row.name).p50_ms, 2),
                 "size_mb": round(metrics.size_bytes / 1e6, 2),
                 "passed": row.passed,
                 "reason": row.reason,
                 "produce_seconds": produce.get(row.name),
                 "step_seconds": step_seconds.get(row.name, []),
             }
-        )
-    reference_p50 = percentile_ms(timings[REFERENCE], 50)
-    for entry in rows:
-        entry["speedup_vs_reference"] = round(
-            reference_p50 / percentile_ms(timings[str(entry["name"])], 50), 2
         )
     return {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -119,7 +106,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "recipe_digest": recipe.digest,
         "checkpoint_digest": prepared.checkpoint.digest,
         "eval_examples": metrics_of(prepared.baseline).examples,
-        "latency": {"batch": 1, "samples": len(texts), "rounds": args.rounds, "interleaved": True},
+        # Per model: the median over rounds of the round p50 and p95 (every round the same texts).
+        "latency": {
+            "batch": 1,
+            "rounds": config.rounds,
+            "requests_per_round": config.requests,
+            "threads": config.threads,
+            "interleaved": True,
+        },
+        "candidate": summary.candidate_reason,
         "reference": REFERENCE,
         "teacher_finetune_seconds": teacher.manifest.seconds,
         # Computed once over the training split by the first trained step that needs it (its time
@@ -181,8 +176,13 @@ def main() -> int:
         type=Path,
         default=Path(__file__).resolve().parent.parent / "recipes" / "minilm-sentiment.yaml",
     )
-    parser.add_argument("--samples", type=int, default=300, help="batch-1 requests per model")
+    parser.add_argument(
+        "--samples", type=int, default=300, help="batch-1 requests per model, spread over the rounds"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="intra-op threads per model (default: the recipe's timing)"
+    )
     parser.add_argument("--chart", action="store_true", help="only redraw the chart from the JSON")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -120,11 +120,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_gate_check(args: argparse.Namespace) -> int:
     from tasks.core.errors import GateFailed
     from tasks.flow.pipeline import recheck_version
-    from tasks.report.console import console, gate_table
+    from tasks.report.console import console, gate_table, timing_table
 
     result = recheck_version(_settings(args), args.model_version)
     out = console()
     out.print(gate_table(result))
+    out.print(timing_table(result.timing))
     if args.json:
         args.json.write_text(result.model_dump_json(indent=2))
     if not result.verdict.passed:
@@ -195,11 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     gsub = gate.add_subparsers(dest="action", required=True, metavar="ACTION")
     gate_check = gsub.add_parser(
         "check",
-        help="re-evaluate a registered version and print its verdict (exit 0 pass, 10 fail)",
+        help="re-judge a registered version, timed beside the baseline (exit 0 pass, 10 fail)",
         description="Judge NAME/VERSION again from its lineage: the recipe logged on its parent run, "
         "its checkpoint from the store (digest checked), today's data split, the baseline and the "
-        "version evaluated on it (cached evaluations are reused when model, data and code are "
-        "unchanged), every gate of the recipe, including no regression against `production`. "
+        "version evaluated on it and timed side by side with the baseline (cached evaluations and "
+        "timings are reused when models, data and code are unchanged), every gate of the recipe, "
+        "latency budgets on the side-by-side p95, and no regression against `production`. "
         "Exit status 0 when every gate passes, 10 when one fails, other non-zero codes for errors.",
     )
     gate_check.add_argument(

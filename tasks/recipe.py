@@ -1,4 +1,5 @@
-"""Recipes: the dataset, the variants (ordered technique steps), the gates and the targets.
+"""Recipes: the dataset, the variants (ordered technique steps), the gates, the side-by-side
+timing and the targets.
 
 A recipe is YAML mapped one-to-one onto these models, so a typo or an out-of-range value
 fails at load time with the field, the value and what is allowed.
@@ -19,6 +20,7 @@ from tasks.core.config import SLUG, Strict, format_errors
 from tasks.core.errors import ConfigError, SlimlineError
 from tasks.gate.evaluate import EvaluationConfig
 from tasks.gate.gates import GateConfig, Target
+from tasks.gate.timing import TimingConfig
 from tasks.intake.data import DatasetConfig
 from tasks.intake.validation import ValidationConfig
 
@@ -68,6 +70,7 @@ class Recipe(Strict):
     dataset: DatasetConfig
     evaluation: EvaluationConfig = EvaluationConfig()
     gates: GateConfig = GateConfig()
+    timing: TimingConfig = TimingConfig()
     validation: ValidationConfig = ValidationConfig()
     targets: list[Target] = Field(min_length=1)
     variants: list[Variant] = Field(min_length=1)

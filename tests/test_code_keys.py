@@ -20,6 +20,7 @@ STEP_MODULES = {
     "dataset.split": "tasks.intake.data",
     "validate.data": "tasks.intake.validation",
     "evaluate": "tasks.gate.evaluate",
+    "timing": "tasks.gate.timing",
     "teacher.finetune": "tasks.demo.teacher",
     "training.teacher_logits": "tasks.compress.training",
 }
@@ -124,7 +125,8 @@ def artifact_folders(home: Path) -> set[str]:
         ({"report/console.py": CHANGE, "gate/gates.py": CHANGE, "cli.py": CHANGE}, []),
         (
             {"compress/techniques/prune.py": CHANGE},
-            ["evaluate", "technique_export.onnx", "technique_prune.heads"],
+            # The pruned variant's new model is evaluated and timed again beside the others.
+            ["evaluate", "technique_export.onnx", "technique_prune.heads", "timing"],
         ),
     ],
     ids=["report-gate-cli", "pruning"],

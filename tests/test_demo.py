@@ -56,8 +56,12 @@ def test_demo_end_to_end_and_rerun_does_no_work(tmp_path):
     for name in list(rows)[1:]:
         assert rows[name]["metrics"]["runtime"] == "onnxruntime"
         assert rows[name]["drop"]["low"] <= rows[name]["drop"]["point"] <= rows[name]["drop"]["high"]
+    # The demo recipe sets no latency budget: the timed variants are exactly the passing ones.
+    timed = [m["name"] for m in summary["timing"]["models"]]
+    assert timed == ["baseline", *(r["name"] for r in summary["rows"][1:] if r["passed"])]
     for text in (
         "Δ acc pts [95% CI]",
+        "side-by-side timing: 5 interleaved rounds × 40 batch-1 requests per model",
         "onnx-int8-dynamic",
         "release report: ",
         "mlflow ui --backend-store-uri sqlite:///",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -12,8 +13,9 @@ from mlflow import MlflowClient
 
 from tasks.cli import main
 from tasks.flow.pipeline import run_local
+from tasks.gate.candidate import RULE
 from tasks.gate.evaluate import EvalMetrics
-from tasks.gate.gates import Interval
+from tasks.gate.gates import BUDGET_TIMING, Interval
 from tasks.intake.validation import ExpectationOutcome, SuiteResult, ValidationReport
 from tasks.registry import tracking
 from tasks.report.console import print_summary
@@ -99,6 +101,20 @@ def test_report_of_a_pipeline_run_and_its_regeneration(settings, tiny_checkpoint
     assert "FAILED: 1 of 2 suites" in page and "split.eval on eval: failed expectations" in page
     assert "<li>&#x27;same again&#x27; (line 9, negative)</li>" in page
     assert embedded_png(page).startswith(PNG_SIGNATURE)
+    timing = page[
+        page.index("<h2>Side-by-side timing</h2>") : page.index("<h2>Accuracy against latency</h2>")
+    ]
+    assert summary.timing is not None
+    assert "2 interleaved rounds × 10 batch-1 requests per model" in timing
+    assert BUDGET_TIMING in timing
+    for model in summary.timing.models:
+        rounds = " ".join(f"{p:.2f}" for p in model.p50_ms_per_round)
+        assert (
+            f'<tr><td>{model.name}</td><td>{model.runtime}</td><td class="num">{rounds}</td>'
+            f'<td class="num">{model.p50_ms:.2f}</td>'
+        ) in timing
+    assert f"<p>Rule: {html.escape(RULE)}</p>" in timing
+    assert f"<p>Candidate: {html.escape(summary.candidate_reason)}</p>" in timing
     found = links(page)
     assert all(ref.startswith("data:") for ref in found.refs)
     assert not {"script", "link", "iframe"} & found.tags
@@ -184,6 +200,7 @@ def test_report_escapes_all_text():
     assert '<td class="fail">FAIL</td>' in page
     assert "run start unknown" in page
     assert embedded_png(page).startswith(PNG_SIGNATURE)
+    assert "published before side-by-side timing; no table was recorded" in page
 
 
 def test_validation_section_lists_suites_and_failed_expectations():

@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 from tasks.core.errors import CheckpointRefused, DataValidationError
 from tasks.core.settings import Settings
 from tasks.flow.pipeline import discover, run_local
+from tasks.gate.candidate import RULE
 from tests.tiny import publish, write_tiny_recipe
 
 
@@ -31,10 +32,20 @@ def test_run_registers_passing_variants_once(store, settings, tiny_checkpoint, t
     assert [r.name for r in first.rows] == ["baseline", "onnx-fp32", "onnx-int8-dynamic"]
     assert all(r.passed for r in first.rows[1:])
     assert sorted(first.new_versions) == ["1", "2"]
-    # Passing versions are registered slowest first, so the newest is the fastest: the candidate.
-    fastest = min(first.rows[1:], key=lambda r: r.metrics.latency_p50_ms)
-    assert first.candidate == fastest.version == "2"
-    assert first.steps_computed == 6 and first.steps_reused == 1
+    # Both variants and the baseline were timed side by side; the candidate, chosen on that table,
+    # is registered last, so the newest version is the candidate.
+    assert first.timing is not None
+    assert [m.name for m in first.timing.models] == ["baseline", "onnx-fp32", "onnx-int8-dynamic"]
+    assert first.timing.rounds == 2 and all(len(m.p50_ms_per_round) == 2 for m in first.timing.models)
+    assert first.candidate == "2"
+    chosen = next(r for r in first.rows if r.version == first.candidate)
+    fastest = min(first.timing.models[1:], key=lambda m: m.p50_ms)
+    assert first.candidate_reason.startswith(f"{fastest.name} fastest by median p50 over 2 rounds")
+    if "tied with" in first.candidate_reason:
+        assert f"; {chosen.name} chosen for " in first.candidate_reason
+    else:
+        assert chosen.name == fastest.name
+    assert first.steps_computed == 7 and first.steps_reused == 1
 
     client = registry(settings)
     versions = client.search_model_versions("name = 'tiny-sentiment'")
@@ -42,20 +53,30 @@ def test_run_registers_passing_variants_once(store, settings, tiny_checkpoint, t
     tags = client.get_model_version("tiny-sentiment", "2").tags
     assert tags["slimline.checkpoint_uri"] == uri
     assert tags["slimline.checkpoint_digest"] == first.checkpoint_digest
-    assert tags["slimline.variant"] == fastest.name
+    assert tags["slimline.variant"] == chosen.name
     assert tags["slimline.gate"].startswith("passed: acc drop 95% upper")
     for key in ("recipe_digest", "dataset_digest", "code_commit", "run_id", "parent_run_id", "steps"):
         assert tags[f"slimline.{key}"], key
     assert str(client.get_model_version_by_alias("tiny-sentiment", "candidate").version) == "2"
     child = client.get_run(tags["slimline.run_id"])
     assert child.data.tags["mlflow.parentRunId"] == first.parent_run_id
-    assert child.data.metrics["accuracy"] == fastest.metrics.accuracy
+    assert child.data.metrics["accuracy"] == chosen.metrics.accuracy
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
     assert {"predictions", "manifests", "model"} <= artifacts
+    parent = client.get_run(first.parent_run_id)
+    for model in first.timing.models:
+        assert parent.data.metrics[f"timing/{model.name}/p50_ms"] == pytest.approx(model.p50_ms)
+        assert parent.data.metrics[f"timing/{model.name}/p95_ms"] == pytest.approx(model.p95_ms)
+    logged = json.loads(
+        Path(client.download_artifacts(first.parent_run_id, "timing.json", str(tmp_path))).read_text()
+    )
+    assert logged["table"] == first.timing.model_dump(mode="json") and logged["rule"] == RULE
+    assert logged["choice"]["reason"] == first.candidate_reason
 
     second = run_local(settings, recipe, uri)
     assert second.new_versions == []
-    assert second.steps_computed == 0 and second.steps_reused == 7
+    assert second.steps_computed == 0 and second.steps_reused == 8
+    assert second.timing == first.timing  # the timing step is reused with everything else
     assert len(client.search_model_versions("name = 'tiny-sentiment'")) == 2
     assert second.candidate == "2"
     assert discover(settings, recipe, "nightly") == []
@@ -76,6 +97,27 @@ def test_failing_variant_is_logged_but_never_registered(settings, tiny_checkpoin
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{summary.parent_run_id}'"
     )
     assert {c.data.tags["slimline.passed"] for c in children} == {"False"}
+
+
+def test_latency_budgets_are_judged_side_by_side(settings, tiny_checkpoint, tmp_path):
+    # No model answers in a microsecond: every variant fails its budget on the side-by-side p95.
+    recipe = write_tiny_recipe(tmp_path / "recipe", max_p95_latency_ms=0.001)
+    summary = run_local(settings, recipe, publish(settings, tiny_checkpoint, "nightly/tiny-c"))
+    assert summary.timing is not None and summary.new_versions == [] and summary.candidate is None
+    for row in summary.rows[1:]:
+        p95 = summary.timing.of(row.name).p95_ms
+        assert not row.passed
+        assert row.reason == f"FAIL p95 side by side {p95:.2f} ms > 0.00 ms budget (recipe)"
+        child = registry(settings).get_run(row.run_id or "")
+        assert child.data.tags["slimline.passed"] == "False"
+        assert child.data.tags["slimline.verdict"] == row.reason
+        gates = json.loads(
+            Path(
+                registry(settings).download_artifacts(row.run_id or "", "gates.json", str(tmp_path))
+            ).read_text()
+        )
+        assert gates["passed"] is False and gates["checks"][-1]["name"] == "latency_p95"
+    assert summary.candidate_reason == "no variant passed its gates"
 
 
 def test_discover_skips_processed_and_sees_new(settings, tiny_checkpoint, tmp_path):

@@ -59,6 +59,10 @@ def test_digest_ignores_layout_but_not_content():
             lambda d: d["variants"].append(d["variants"][0]),
             "variant names must be unique; repeated: onnx-fp32",
         ),
+        (
+            lambda d: d["timing"].update(rounds=0),
+            "timing.rounds = 0: Input should be greater than or equal to 1",
+        ),
         (lambda d: d["dataset"].pop("labels"), "dataset.labels: field required"),
         (
             lambda d: d["targets"][0].update(runtime="tflite"),

@@ -62,6 +62,9 @@ def test_no_regression_against_production_and_gate_check_exit_statuses(
     code, out = gate_check(settings, "tiny-sentiment/production", capsys)
     assert code == 0, out
     assert "tiny-sentiment/4 passes its gates" in out and "no_regression" in out
+    # Timed again beside the baseline: the table and the side-by-side p95 are printed.
+    assert "side-by-side timing: 2 interleaved rounds" in out and "p95 side by side" in out
+    assert "tiny-sentiment/4" in out and "baseline" in out
     # The random night's candidate now regresses against production: exit 10, the gate named.
     code, out = gate_check(settings, f"tiny-sentiment/{random_night.candidate}", capsys)
     assert code == 10, out

@@ -20,8 +20,10 @@ from tasks.core.locks import run_lock
 from tasks.core.models import ModelRef, model_size_bytes
 from tasks.core.settings import Settings
 from tasks.core.version import code_commit
+from tasks.flow.sidebyside import Entrant, record, time_and_choose, timed_verdict
 from tasks.gate.evaluate import PREDICTIONS, evaluate, metrics_of, read_predictions
 from tasks.gate.gates import ProductionReference, Verdict, judge
+from tasks.gate.timing import TimedModel, time_side_by_side
 from tasks.intake.checkpoints import VerifiedCheckpoint, fetch, known_digest, list_checkpoints
 from tasks.intake.data import prepare_splits
 from tasks.intake.validation import REPORT as VALIDATION_REPORT
@@ -32,9 +34,11 @@ from tasks.registry.versions import (
     RECIPE_ARTIFACT,
     Recheck,
     evaluate_version,
+    fetch_version,
     get_version,
     parse_version,
     production_predictions,
+    version_key,
 )
 from tasks.report.html import write_report
 from tasks.report.summary import Row, Summary
@@ -163,12 +167,19 @@ def prepare(settings: Settings, recipe_path: Path, checkpoint_uri: str, run_labe
     )
 
 
+def baseline_model(checkpoint: VerifiedCheckpoint) -> TimedModel:
+    """The checkpoint as published, keyed by its digest: the reference every variant faces."""
+    return TimedModel(
+        name="baseline", model=ModelRef(path=checkpoint.path, format="hf"), key=checkpoint.digest
+    )
+
+
 def evaluate_baseline(
     settings: Settings, recipe: Recipe, checkpoint: VerifiedCheckpoint, split: StepResult
 ) -> StepResult:
     """The checkpoint itself evaluated on the split (cached by its digest): what variants face."""
-    model = ModelRef(path=checkpoint.path, format="hf")
-    return evaluate(settings, model, checkpoint.digest, split, recipe.dataset, recipe.evaluation)
+    baseline = baseline_model(checkpoint)
+    return evaluate(settings, baseline.model, baseline.key, split, recipe.dataset, recipe.evaluation)
 
 
 def check_predictions(recipe: Recipe, evaluation: StepResult, name: str) -> ValidationReport:
@@ -268,8 +279,8 @@ def gate_verdict(
 
 def recheck_version(settings: Settings, model_version: str) -> Recheck:
     """Judge NAME/VERSION again: its recipe from its parent run, its checkpoint from the store
-    (the digest must still match), the data split, the baseline and the version evaluated
-    (evaluations are cached artifacts: unchanged model, data and code reuse them)."""
+    (the digest must still match), the data split, the baseline and the version evaluated and
+    timed side by side (cached artifacts: unchanged models, data and code reuse them)."""
     ref = get_version(settings, *parse_version(model_version))
     lineage = ref.lineage
     missing = [
@@ -299,9 +310,14 @@ def recheck_version(settings: Settings, model_version: str) -> Recheck:
     baseline = evaluate_baseline(settings, recipe, checkpoint, split)
     evaluation = evaluate_version(settings, ref, recipe, split)
     verdict, _ = gate_verdict(settings, recipe, ref.label, baseline, evaluation, split)
+    version = TimedModel(name=ref.label, model=fetch_version(settings, ref), key=version_key(ref))
+    table, _ = time_side_by_side(
+        settings, [baseline_model(checkpoint), version], split, recipe.dataset.max_length, recipe.timing
+    )
     return Recheck(
         version=ref,
-        verdict=verdict,
+        verdict=timed_verdict(recipe, verdict, table, ref.label),
+        timing=table,
         metrics=metrics_of(evaluation),
         baseline=metrics_of(baseline),
         same_data=split.key == lineage.get("dataset_digest"),
@@ -375,8 +391,9 @@ def run_variant(settings: Settings, prepared: Prepared, variant: str) -> Variant
 
 
 def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcome]) -> Summary:
-    """Register the passing variants (fastest last, so the newest version is the best one),
-    move the `candidate` alias to it, and close the parent run with a summary."""
+    """Time the passing variants and the baseline side by side, judge latency budgets on that
+    timing, register the variants still passing (the candidate last, so the newest version is the
+    candidate), move the `candidate` alias to it, and close the parent run with a summary."""
     recipe = load_checked_recipe(prepared.recipe_path, prepared.recipe_digest)
     missing = sorted({v.name for v in recipe.variants} - {o.variant for o in outcomes})
     if missing:
@@ -387,11 +404,22 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
             f"checkpoint {prepared.checkpoint.uri}: variant(s) {', '.join(missing)} did not finish; "
             "nothing of it is registered"
         )
-    passing = sorted(
-        (o for o in outcomes if o.verdict.passed),
-        key=lambda o: metrics_of(o.evaluation).latency_p50_ms,
-        reverse=True,
-    )
+    entrants = [
+        Entrant(
+            name=o.variant,
+            model=o.model,
+            key=o.model_key,
+            verdict=o.verdict,
+            metrics=metrics_of(o.evaluation),
+            run_id=o.run_id,
+        )
+        for o in outcomes
+        if o.verdict.passed
+    ]
+    side = time_and_choose(settings, recipe, prepared.split, baseline_model(prepared.checkpoint), entrants)
+    record(settings, prepared.parent_run_id, entrants, side)
+    outcomes = [o.model_copy(update={"verdict": side.verdicts.get(o.variant, o.verdict)}) for o in outcomes]
+    passing = [next(o for o in outcomes if o.variant == name) for name in side.order]
     versions: dict[str, str] = {}
     new_versions = []
     for outcome in passing:
@@ -446,6 +474,7 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
         )
         for o in outcomes
     ]
+    timing_computed, timing_reused = _count([side.step])
     summary = Summary(
         recipe=recipe.name,
         recipe_digest=recipe.digest,
@@ -458,8 +487,10 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
         rows=rows,
         new_versions=new_versions,
         candidate=candidate,
-        steps_computed=prepared.steps_computed + sum(o.steps_computed for o in outcomes),
-        steps_reused=prepared.steps_reused + sum(o.steps_reused for o in outcomes),
+        timing=side.table,
+        candidate_reason=side.choice.reason if side.choice else "no variant passed its gates",
+        steps_computed=prepared.steps_computed + sum(o.steps_computed for o in outcomes) + timing_computed,
+        steps_reused=prepared.steps_reused + sum(o.steps_reused for o in outcomes) + timing_reused,
     )
     validation = ValidationReport(
         suites=[*prepared.validation.suites, *(s for o in outcomes for s in o.validation.suites)]

@@ -170,6 +170,10 @@ def log_variant_run(
     return run_id
 
 
+def set_tags(settings: Settings, run_id: str, tags: dict[str, Any]) -> None:
+    client(settings).log_batch(run_id, tags=_tags(tags))
+
+
 def log_text(settings: Settings, run_id: str, name: str, text: str) -> None:
     """Log `text` as the artifact `name` at the root of the run (replacing one of that name)."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,6 +17,7 @@ from tasks.core.models import ModelFormat, ModelRef
 from tasks.core.settings import Settings
 from tasks.gate.evaluate import EvalMetrics, evaluate, read_predictions
 from tasks.gate.gates import Verdict
+from tasks.gate.timing import TimingTable
 from tasks.recipe import Recipe
 from tasks.registry import tracking
 
@@ -42,7 +43,8 @@ class Recheck(BaseModel):
     """A registered version judged again from its lineage (`slimline gate check`)."""
 
     version: VersionRef
-    verdict: Verdict
+    verdict: Verdict  # latency budgets judged on `timing`
+    timing: TimingTable  # the version and the baseline, side by side
     metrics: EvalMetrics
     baseline: EvalMetrics
     same_data: bool  # the split digest matches the one the version was judged on
@@ -116,10 +118,16 @@ def fetch_version(settings: Settings, ref: VersionRef) -> ModelRef:
     return ModelRef(path=final, format=fmt)
 
 
+def version_key(ref: VersionRef) -> str:
+    """The version's artifact key from its lineage (its label for a version registered without one)."""
+    return ref.lineage.get("artifact_key") or ref.label
+
+
 def evaluate_version(settings: Settings, ref: VersionRef, recipe: Recipe, split: StepResult) -> StepResult:
     """The version evaluated on `split` (cached by its artifact key and the split)."""
-    key = ref.lineage.get("artifact_key") or f"{ref.label}"
-    return evaluate(settings, fetch_version(settings, ref), key, split, recipe.dataset, recipe.evaluation)
+    return evaluate(
+        settings, fetch_version(settings, ref), version_key(ref), split, recipe.dataset, recipe.evaluation
+    )
 
 
 def production_predictions(

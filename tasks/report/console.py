@@ -1,4 +1,4 @@
-"""The variant table, as the terminal shows it."""
+"""The variant table and the side-by-side timing table, as the terminal shows them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from tasks.gate.gates import Interval
+from tasks.gate.candidate import RULE
+from tasks.gate.gates import BUDGET_TIMING, Interval
+from tasks.gate.timing import TimingTable
 from tasks.registry.versions import Recheck
 from tasks.report.summary import Row, Summary
 
@@ -43,8 +45,8 @@ def variant_table(summary: Summary) -> Table:
         ("runtime", "left"),
         ("accuracy", "right"),
         ("Δ acc pts [95% CI]", "right"),
-        ("p50 ms", "right"),
-        ("p95 ms", "right"),
+        ("own p50 ms", "right"),
+        ("own p95 ms", "right"),
         ("size MB", "right"),
         ("verdict", "left"),
         ("reason", "left"),
@@ -69,6 +71,40 @@ def variant_table(summary: Summary) -> Table:
     return table
 
 
+def timing_caption(timing: TimingTable) -> str:
+    return (
+        f"{timing.rounds} interleaved rounds × {timing.requests} batch-1 requests per model, "
+        f"{timing.threads} intra-op thread(s) each, model order rotating each round"
+    )
+
+
+def timing_rows(timing: TimingTable) -> list[list[str]]:
+    """Per model: runtime, round p50s, median p50, spread, median p95 (ms), as the tables show them."""
+    return [
+        [
+            m.name,
+            m.runtime,
+            " ".join(f"{p:.2f}" for p in m.p50_ms_per_round),
+            f"{m.p50_ms:.2f}",
+            f"{m.p50_min_ms:.2f}–{m.p50_max_ms:.2f}",
+            f"{m.p95_ms:.2f}",
+        ]
+        for m in timing.models
+    ]
+
+
+TIMING_HEADERS = ["model", "runtime", "p50 ms per round", "median p50 ms", "p50 spread ms", "median p95 ms"]
+
+
+def timing_table(timing: TimingTable) -> Table:
+    table = Table(title=f"side-by-side timing: {timing_caption(timing)}", title_justify="left")
+    for column in TIMING_HEADERS:
+        table.add_column(column, justify="left" if column in ("model", "runtime") else "right")
+    for cells in timing_rows(timing):
+        table.add_row(*cells)
+    return table
+
+
 def console() -> Console:
     # Off a terminal rich assumes 80 columns, which folds the table; logs and CI are wider.
     return Console(width=None if sys.stdout.isatty() else 160)
@@ -77,15 +113,20 @@ def console() -> Console:
 def print_summary(summary: Summary, out: Console | None = None) -> None:
     out = out or console()
     out.print(variant_table(summary))
+    if summary.timing is not None:
+        out.print(timing_table(summary.timing))
+        out.print(f"candidate: {summary.candidate_reason}")
+        out.print(f"rule: {RULE} {BUDGET_TIMING}")
     out.print(versions_text(summary))
 
 
 def gate_table(result: Recheck) -> Table:
     """One row per gate of a re-judged version, with the numbers behind it."""
     m, b = result.metrics, result.baseline
+    p95, base_p95 = result.timing.of(result.version.label).p95_ms, result.timing.of("baseline").p95_ms
     title = (
         f"{result.version.label}: accuracy {m.accuracy:.4f} (baseline {b.accuracy:.4f}), "
-        f"p95 {m.latency_p95_ms:.2f} ms, {m.size_bytes / 1e6:.1f} MB"
+        f"p95 side by side {p95:.2f} ms (baseline {base_p95:.2f} ms), {m.size_bytes / 1e6:.1f} MB"
         + ("" if result.same_data else " — judged on a data split that differs from its registration")
     )
     table = Table(title=title, title_justify="left")

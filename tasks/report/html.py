@@ -18,11 +18,20 @@ from pydantic import BaseModel, ValidationError
 
 from tasks.core.errors import ConfigError
 from tasks.core.settings import Settings
+from tasks.gate.candidate import RULE
+from tasks.gate.gates import BUDGET_TIMING
 from tasks.intake.validation import REPORT as VALIDATION_ARTIFACT
 from tasks.intake.validation import SuiteResult, ValidationReport
 from tasks.registry import tracking
 from tasks.report.charts import ChartPoint, accuracy_latency_chart
-from tasks.report.console import signed_interval, verdict_text, versions_text
+from tasks.report.console import (
+    TIMING_HEADERS,
+    signed_interval,
+    timing_caption,
+    timing_rows,
+    verdict_text,
+    versions_text,
+)
 from tasks.report.summary import Summary
 
 REPORT_ARTIFACT = "report.html"
@@ -88,11 +97,17 @@ def class_labels(summary: Summary) -> list[str]:
     return list(dict.fromkeys(label for row in summary.rows for label in row.metrics.recall_per_class))
 
 
+def chart_p50(summary: Summary, name: str, own_p50_ms: float) -> float:
+    """The side-by-side median p50 of a timed model; a model's own p50 when it was not timed."""
+    timed = {m.name: m.p50_ms for m in summary.timing.models} if summary.timing else {}
+    return timed.get(name, own_p50_ms)
+
+
 def chart_points(summary: Summary) -> list[ChartPoint]:
     return [
         ChartPoint(
             name=row.name,
-            p50_ms=row.metrics.latency_p50_ms,
+            p50_ms=chart_p50(summary, row.name, row.metrics.latency_p50_ms),
             accuracy=row.metrics.accuracy,
             size_mb=row.metrics.size_bytes / 1e6,
             passed=row.passed,
@@ -133,8 +148,8 @@ def _variants(summary: Summary) -> str:
         "accuracy",
         "Δ acc pts [95% CI]",
         *(f"recall {label}" for label in labels),
-        "p50 ms",
-        "p95 ms",
+        "own p50 ms",
+        "own p95 ms",
         "size MB",
         "verdict",
         "reason",
@@ -166,9 +181,31 @@ def _chart(summary: Summary) -> str:
         "<h2>Accuracy against latency</h2>\n"
         f'<figure><img src="data:image/png;base64,{data}" '
         'alt="accuracy against p50 latency per variant, marker area proportional to size">'
-        "<figcaption>Batch-1 p50 latency on each variant's own runtime (log scale) against accuracy "
-        "on the evaluation split; marker area ∝ size on disk. Green passed its gates, hollow red "
-        "failed, blue is the baseline.</figcaption></figure>"
+        "<figcaption>Batch-1 p50 latency on each variant's own runtime (log scale; the side-by-side "
+        "median for the models timed side by side, its own evaluation's figure for the others) against "
+        "accuracy on the evaluation split; marker area ∝ size on disk. Green passed its gates, hollow "
+        "red failed, blue is the baseline.</figcaption></figure>"
+    )
+
+
+def _timing(summary: Summary) -> str:
+    heading = "<h2>Side-by-side timing</h2>\n"
+    if summary.timing is None:
+        return heading + "<p>This run was published before side-by-side timing; no table was recorded.</p>"
+    cells = [
+        [_td(text, "" if i < 2 else "num") for i, text in enumerate(row)]
+        for row in timing_rows(summary.timing)
+    ]
+    return "\n".join(
+        [
+            heading + "<p>The baseline and every variant that passed its other gates, "
+            f"{_e(timing_caption(summary.timing))}. "
+            f"{_e(BUDGET_TIMING)} The “own” latencies of the variant table come from each model's "
+            "evaluation alone, minutes apart, and are not comparable.</p>",
+            _table(TIMING_HEADERS, cells),
+            f"<p>Rule: {_e(RULE)}</p>",
+            f"<p>Candidate: {_e(summary.candidate_reason)}</p>",
+        ]
     )
 
 
@@ -243,6 +280,7 @@ def render_html(
         [
             _header(summary, started),
             _variants(summary),
+            _timing(summary),
             _chart(summary),
             _validation(validation),
             _lineage(summary),

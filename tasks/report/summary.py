@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from tasks.gate.evaluate import EvalMetrics
 from tasks.gate.gates import Interval
+from tasks.gate.timing import TimingTable
 
 
 class Row(BaseModel):
@@ -40,5 +41,7 @@ class Summary(BaseModel):
     rows: list[Row]
     new_versions: list[str]
     candidate: str | None
+    timing: TimingTable | None = None  # None in summaries published before side-by-side timing
+    candidate_reason: str = ""
     steps_computed: int
     steps_reused: int
