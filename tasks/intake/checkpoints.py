@@ -14,21 +14,23 @@ import os
 import shutil
 import struct
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from pydantic import BaseModel
 
 from tasks.core.digests import content_digest, file_sha256
 from tasks.core.errors import CheckpointRefused
 from tasks.core.settings import Settings
-from tasks.core.store import ObjectInfo, open_store
+from tasks.core.store import ObjectInfo, ObjectStore, open_store
+from tasks.intake.architecture import TensorEntry, check_tensors, read_architecture
+from tasks.intake.refusals import forget_stale_refusal, record_refusal
+from tasks.intake.tokenizer_files import check_tokenizer
 
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 ALLOWED_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".md")
 ALLOWED_NAMES = (".gitattributes",)
-SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta", "xlm-roberta", "electra")
 MAX_JSON_BYTES = 16 * 1024 * 1024
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 SAFETENSORS_DTYPE_BYTES = {
@@ -55,6 +57,7 @@ class VerifiedCheckpoint(BaseModel):
     path: Path
     size_bytes: int
     model_type: str
+    fingerprint: str  # the store listing it was fetched from
 
 
 def _fingerprint(objects: list[ObjectInfo], base: str = "") -> str:
@@ -94,10 +97,14 @@ def list_checkpoints(settings: Settings, prefix: str = "") -> list[CheckpointInf
 
 def _check_names(uri: str, keys: list[str]) -> None:
     for key in keys:
-        parts = PurePosixPath(key).parts
-        if key.startswith("/") or "\\" in key or ".." in parts or not parts:
-            raise CheckpointRefused(f"checkpoint {uri}: path {key!r} escapes the checkpoint folder")
-        name = parts[-1]
+        # Object-store keys are arbitrary strings: only plain relative names map onto one file.
+        segments = key.split("/")
+        if "\\" in key or any(s in ("", ".", "..") for s in segments):
+            raise CheckpointRefused(
+                f"checkpoint {uri}: path {key!r} escapes the checkpoint folder; allowed: relative "
+                "names without '..', '.', empty segments or backslashes"
+            )
+        name = segments[-1]
         if name.lower().endswith(PICKLE_SUFFIXES):
             raise CheckpointRefused(
                 f"checkpoint {uri}: {key} is a pickle-based weight file, which slimline never "
@@ -110,8 +117,8 @@ def _check_names(uri: str, keys: list[str]) -> None:
             )
     if "config.json" not in keys:
         raise CheckpointRefused(f"checkpoint {uri}: config.json is missing")
-    if not any(k.endswith(".safetensors") for k in keys):
-        raise CheckpointRefused(f"checkpoint {uri}: no *.safetensors weights found")
+    if not any(k.endswith(".safetensors") and "/" not in k for k in keys):
+        raise CheckpointRefused(f"checkpoint {uri}: no *.safetensors weights found at the top of the folder")
 
 
 def _read_json(uri: str, path: Path, name: str) -> object:
@@ -123,7 +130,7 @@ def _read_json(uri: str, path: Path, name: str) -> object:
         raise CheckpointRefused(f"checkpoint {uri}: {name} is not valid JSON ({exc})") from exc
 
 
-def _check_config(uri: str, folder: Path) -> str:
+def _check_config(uri: str, folder: Path) -> dict[str, object]:
     for path in sorted(folder.rglob("*.json")):
         name = path.relative_to(folder).as_posix()
         data = _read_json(uri, path, name)
@@ -135,17 +142,20 @@ def _check_config(uri: str, folder: Path) -> str:
     config = _read_json(uri, folder / "config.json", "config.json")
     if not isinstance(config, dict):
         raise CheckpointRefused(f"checkpoint {uri}: config.json is not a JSON object")
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise CheckpointRefused(
-            f"checkpoint {uri}: config.json model_type={model_type!r} is not supported; "
-            f"allowed: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-    return str(model_type)
+    return config
 
 
-def check_safetensors(uri: str, path: Path, name: str) -> None:
-    """Validate a safetensors file's header and offsets without loading any tensor."""
+def _dims(shape: object) -> tuple[int, ...]:
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise TypeError("shape is not a list of whole numbers")
+    if any(d < 0 for d in shape):
+        raise ValueError("negative dimension")
+    return tuple(shape)
+
+
+def check_safetensors(uri: str, path: Path, name: str) -> dict[str, TensorEntry]:
+    """Validate a safetensors file's header and offsets without loading any tensor; return its
+    tensors as the header declares them."""
     size = path.stat().st_size
     with path.open("rb") as handle:
         head = handle.read(8)
@@ -165,15 +175,18 @@ def check_safetensors(uri: str, path: Path, name: str) -> None:
         raise CheckpointRefused(f"checkpoint {uri}: {name} has a malformed header")
     data_len = size - 8 - header_len
     spans: list[tuple[int, int, str]] = []
+    tensors: dict[str, TensorEntry] = {}
     for tensor, meta in header.items():
         if tensor == "__metadata__":
             continue
         try:
             start, end = (int(v) for v in meta["data_offsets"])
+            shape = _dims(meta["shape"])
             count = 1
-            for dim in meta["shape"]:
-                count *= int(dim)
+            for dim in shape:
+                count *= dim
             expected = count * SAFETENSORS_DTYPE_BYTES[meta["dtype"]]
+            tensors[tensor] = TensorEntry(file=name, dtype=meta["dtype"], shape=shape)
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointRefused(
                 f"checkpoint {uri}: {name} tensor {tensor!r} has a malformed entry"
@@ -198,6 +211,7 @@ def check_safetensors(uri: str, path: Path, name: str) -> None:
             f"checkpoint {uri}: {name} is truncated or malformed "
             f"({data_len} data bytes, tensors cover {covered})"
         )
+    return tensors
 
 
 def _check_kinds(uri: str, objects: list[ObjectInfo]) -> None:
@@ -211,16 +225,39 @@ def _check_kinds(uri: str, objects: list[ObjectInfo]) -> None:
             )
 
 
-def verify_folder(uri: str, folder: Path) -> tuple[str, str]:
-    """Verify a local checkpoint folder; return (content digest, model type)."""
+def _check_weights(uri: str, folder: Path, keys: list[str]) -> dict[str, TensorEntry]:
+    """Every safetensors file's structure; the tensors of those at the top of the folder (the
+    only ones a model loads), each name once."""
+    tensors: dict[str, TensorEntry] = {}
+    for key in keys:
+        if not key.endswith(".safetensors"):
+            continue
+        found = check_safetensors(uri, folder / key, key)
+        if "/" in key:
+            continue
+        for name, entry in found.items():
+            if name in tensors:
+                raise CheckpointRefused(
+                    f"checkpoint {uri}: {key} tensor {name!r} is also in {tensors[name].file}; "
+                    "allowed: each tensor in one file"
+                )
+            tensors[name] = entry
+    return tensors
+
+
+def verify_folder(uri: str, folder: Path, settings: Settings) -> tuple[str, str]:
+    """Verify a local checkpoint folder; return (content digest, model type).
+
+    In order: entry kinds, names, JSON files, the architecture config.json declares (within the
+    settings' limits), safetensors headers against it, the tokenizer against the embeddings.
+    """
     _check_kinds(uri, open_store(folder.as_uri()).list(""))
     keys = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
     _check_names(uri, keys)
-    model_type = _check_config(uri, folder)
-    for key in keys:
-        if key.endswith(".safetensors"):
-            check_safetensors(uri, folder / key, key)
-    return content_digest({key: file_sha256(folder / key) for key in keys}), model_type
+    arch = read_architecture(uri, _check_config(uri, folder), settings)
+    check_tensors(uri, arch, _check_weights(uri, folder, keys))
+    check_tokenizer(uri, folder, arch.model_type, arch.vocab_size)
+    return content_digest({key: file_sha256(folder / key) for key in keys}), arch.model_type
 
 
 def _fingerprint_index(settings: Settings) -> Path:
@@ -244,23 +281,41 @@ def _remember_digest(settings: Settings, uri: str, fingerprint: str, digest: str
     os.replace(tmp, index)
 
 
-def _cached(settings: Settings, uri: str, digest: str, size: int) -> VerifiedCheckpoint | None:
+def _cached(
+    settings: Settings, uri: str, digest: str, size: int, fingerprint: str
+) -> VerifiedCheckpoint | None:
     folder = settings.cache_dir / digest
     marker = folder / ".verified.json"
     if not marker.exists():
         return None
     model_type = json.loads(marker.read_text())["model_type"]
-    return VerifiedCheckpoint(uri=uri, digest=digest, path=folder, size_bytes=size, model_type=model_type)
+    return VerifiedCheckpoint(
+        uri=uri, digest=digest, path=folder, size_bytes=size, model_type=model_type, fingerprint=fingerprint
+    )
 
 
 def fetch(settings: Settings, uri: str) -> VerifiedCheckpoint:
     """Fetch a checkpoint into the local cache, verify it and return where it lies.
 
     Names and sizes are checked before any byte is downloaded; contents after. A checkpoint
-    whose listing is unchanged since an earlier fetch is served from the cache.
+    whose listing is unchanged since an earlier fetch is served from the cache. A refusal is
+    recorded with the listing (see tasks.intake.refusals) before it is raised.
     """
     store = open_store(uri, settings.s3_endpoint_url)
     objects = store.list("")
+    fingerprint = _fingerprint(objects)
+    try:
+        checkpoint = _fetch_listed(settings, uri, store, objects, fingerprint)
+    except CheckpointRefused as exc:
+        record_refusal(settings, uri, fingerprint, exc)
+        raise
+    forget_stale_refusal(settings, uri, fingerprint)
+    return checkpoint
+
+
+def _fetch_listed(
+    settings: Settings, uri: str, store: ObjectStore, objects: list[ObjectInfo], fingerprint: str
+) -> VerifiedCheckpoint:
     if not objects:
         raise CheckpointRefused(f"checkpoint {uri}: no files found")
     _check_kinds(uri, objects)
@@ -272,9 +327,8 @@ def fetch(settings: Settings, uri: str) -> VerifiedCheckpoint:
             f"checkpoint {uri}: {size} bytes exceeds the limit of "
             f"{settings.max_checkpoint_bytes} (SLIMLINE_MAX_CHECKPOINT_BYTES)"
         )
-    fingerprint = _fingerprint(objects)
     known = known_digest(settings, uri, fingerprint)
-    if known and (hit := _cached(settings, uri, known, size)):
+    if known and (hit := _cached(settings, uri, known, size, fingerprint)):
         log.info("checkpoint %s unchanged, using cache %s", uri, hit.path)
         return hit
 
@@ -285,7 +339,7 @@ def fetch(settings: Settings, uri: str) -> VerifiedCheckpoint:
             dest = staging / key
             dest.parent.mkdir(parents=True, exist_ok=True)
             store.download(key, dest)
-        digest, model_type = verify_folder(uri, staging)
+        digest, model_type = verify_folder(uri, staging, settings)
         (staging / ".verified.json").write_text(
             json.dumps({"uri": uri, "digest": digest, "model_type": model_type})
         )
@@ -299,4 +353,6 @@ def fetch(settings: Settings, uri: str) -> VerifiedCheckpoint:
         raise
     _remember_digest(settings, uri, fingerprint, digest)
     log.info("checkpoint %s verified, digest %s", uri, digest[:12])
-    return VerifiedCheckpoint(uri=uri, digest=digest, path=final, size_bytes=size, model_type=model_type)
+    return VerifiedCheckpoint(
+        uri=uri, digest=digest, path=final, size_bytes=size, model_type=model_type, fingerprint=fingerprint
+    )

@@ -78,6 +78,8 @@ def print_summary(summary: Summary, out: Console | None = None) -> None:
     out = out or console()
     out.print(variant_table(summary))
     out.print(versions_text(summary))
+    for refusal in summary.refused:
+        out.print(f"refused: {refusal.reason}", markup=False, highlight=False)
 
 
 def gate_table(result: Recheck) -> Table:

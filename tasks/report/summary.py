@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from tasks.gate.evaluate import EvalMetrics
 from tasks.gate.gates import Interval
+from tasks.intake.refusals import Refusal
 
 
 class Row(BaseModel):
@@ -42,3 +43,4 @@ class Summary(BaseModel):
     candidate: str | None
     steps_computed: int
     steps_reused: int
+    refused: list[Refusal] = []  # checkpoints in this home refused so far, each with its reason
