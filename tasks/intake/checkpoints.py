@@ -252,7 +252,7 @@ def verify_folder(uri: str, folder: Path, settings: Settings) -> tuple[str, str]
     settings' limits), safetensors headers against it, the tokenizer against the embeddings.
     """
     _check_kinds(uri, open_store(folder.as_uri()).list(""))
-    keys = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    keys = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     _check_names(uri, keys)
     arch = read_architecture(uri, _check_config(uri, folder), settings)
     check_tensors(uri, arch, _check_weights(uri, folder, keys))
