@@ -293,13 +293,52 @@ def test_weights_refusals(settings: Settings, tiny_checkpoint: Path, tmp_path: P
     verify_folder("file:///ckpt", tiny_checkpoint, settings)
 
 
-def test_a_tensor_in_two_files_is_refused(settings: Settings, tiny_checkpoint: Path) -> None:
-    (tiny_checkpoint / "model-2.safetensors").write_bytes(
-        (tiny_checkpoint / "model.safetensors").read_bytes()
+def _shard(folder: Path) -> dict[str, str]:
+    """Split model.safetensors into two shards and an index, as transformers saves large models."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    names = sorted(tensors)
+    weight_map = {}
+    for number, part in enumerate((names[:20], names[20:]), start=1):
+        shard = f"model-0000{number}-of-00002.safetensors"
+        save_file({n: tensors[n] for n in part}, folder / shard, metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(part, shard)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return weight_map
+
+
+def test_weight_files_are_those_the_loader_reads(settings: Settings, tiny_checkpoint: Path) -> None:
+    allowed = "allowed weights: model.safetensors, or the shards model.safetensors.index.json names"
+    weights = tiny_checkpoint / "model.safetensors"
+    (tiny_checkpoint / "extra.safetensors").write_bytes(weights.read_bytes())
+    assert (
+        _verify_refused(settings, tiny_checkpoint)
+        == f"extra.safetensors is not read by the loader; {allowed}"
     )
-    assert _verify_refused(settings, tiny_checkpoint).startswith(
-        "model.safetensors tensor 'bert.embeddings.LayerNorm.bias' is also in model-2.safetensors; "
-        "allowed: each tensor in one file"
+    (tiny_checkpoint / "extra.safetensors").unlink()
+    weights.rename(tiny_checkpoint / "weights.safetensors")
+    assert _verify_refused(settings, tiny_checkpoint) == (
+        f"no model.safetensors or model.safetensors.index.json; {allowed}"
+    )
+    (tiny_checkpoint / "weights.safetensors").rename(weights)
+
+    weight_map = _shard(tiny_checkpoint)
+    verify_folder("file:///ckpt", tiny_checkpoint, settings)
+    first = sorted(weight_map)[0]
+    index = tiny_checkpoint / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": weight_map | {first: "model-00002-of-00002.safetensors"}}))
+    assert _verify_refused(settings, tiny_checkpoint) == (
+        f"model-00001-of-00002.safetensors tensor {first!r} is mapped to 'model-00002-of-00002.safetensors' "
+        "by model.safetensors.index.json; allowed: each tensor where the index says"
+    )
+    index.write_text(
+        json.dumps({"weight_map": weight_map | {"bert.extra": "model-00003-of-00003.safetensors"}})
+    )
+    assert _verify_refused(settings, tiny_checkpoint) == (
+        "model.safetensors.index.json names 'model-00003-of-00003.safetensors', which is not a *.safetensors "
+        "file at the top of the folder"
     )
 
 

@@ -11,9 +11,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from tasks.core.config import format_errors
 from tasks.core.errors import CheckpointRefused
@@ -38,6 +47,19 @@ _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.")
 Shape = tuple[int, ...]
 
 
+def _written_as_float(value: object) -> object:
+    if isinstance(value, int):
+        raise ValueError("Input should be written with a decimal point (transformers requires a float)")
+    return value
+
+
+# transformers checks these numbers' types when it builds the config, and torch their ranges when
+# it builds the layers: both would fail with a traceback after verification.
+Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Epsilon = Annotated[float, BeforeValidator(_written_as_float), Field(gt=0, lt=1, allow_inf_nan=False)]
+Scale = Annotated[float, BeforeValidator(_written_as_float), Field(ge=0, allow_inf_nan=False)]
+
+
 class Architecture(BaseModel):
     """The config.json fields that decide the network's size. Strict: 32.0, "32" or true is not 32."""
 
@@ -53,6 +75,13 @@ class Architecture(BaseModel):
     type_vocab_size: PositiveInt = 2
     embedding_size: PositiveInt | None = None  # electra: embeddings narrower than the hidden size
     pad_token_id: NonNegativeInt | None = None
+    bos_token_id: NonNegativeInt | None = None
+    eos_token_id: NonNegativeInt | list[NonNegativeInt] | None = None
+    hidden_dropout_prob: Probability = 0.1
+    attention_probs_dropout_prob: Probability = 0.1
+    classifier_dropout: Probability | None = None
+    layer_norm_eps: Epsilon = 1e-12
+    initializer_range: Scale = 0.02
     hidden_act: str = "gelu"
     num_labels: PositiveInt | None = None
     id2label: dict[str, str] | None = None

@@ -32,6 +32,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib",
 ALLOWED_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".md")
 ALLOWED_NAMES = (".gitattributes",)
 MAX_JSON_BYTES = 16 * 1024 * 1024
+WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 SAFETENSORS_DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
@@ -225,23 +227,62 @@ def _check_kinds(uri: str, objects: list[ObjectInfo]) -> None:
             )
 
 
+def _weight_files(uri: str, folder: Path, keys: list[str]) -> dict[str, str] | None:
+    """The tensor -> file map of a sharded checkpoint's index, or None for a single
+    model.safetensors; what transformers loads, and every top-level weight file must be that."""
+    top = [k for k in keys if k.endswith(".safetensors") and "/" not in k]
+    allowed = f"allowed weights: {WEIGHTS}, or the shards {WEIGHTS_INDEX} names"
+    weight_map = None
+    if WEIGHTS_INDEX in keys:
+        index = _read_json(uri, folder / WEIGHTS_INDEX, WEIGHTS_INDEX)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointRefused(f"checkpoint {uri}: {WEIGHTS_INDEX} has no weight_map of tensor -> file")
+        files = set(weight_map.values())
+        missing = sorted(files - set(top))
+        if missing:
+            raise CheckpointRefused(
+                f"checkpoint {uri}: {WEIGHTS_INDEX} names {missing[0]!r}, which is not a *.safetensors "
+                "file at the top of the folder"
+            )
+    elif WEIGHTS in keys:
+        files = {WEIGHTS}
+    else:
+        raise CheckpointRefused(f"checkpoint {uri}: no {WEIGHTS} or {WEIGHTS_INDEX}; {allowed}")
+    unread = [k for k in top if k not in files]
+    if unread:
+        raise CheckpointRefused(f"checkpoint {uri}: {unread[0]} is not read by the loader; {allowed}")
+    return weight_map
+
+
 def _check_weights(uri: str, folder: Path, keys: list[str]) -> dict[str, TensorEntry]:
-    """Every safetensors file's structure; the tensors of those at the top of the folder (the
-    only ones a model loads), each name once."""
+    """Every safetensors file's structure; the tensors of those the loader reads, each once and,
+    for shards, in the file the index names."""
+    weight_map = _weight_files(uri, folder, keys)
     tensors: dict[str, TensorEntry] = {}
     for key in keys:
         if not key.endswith(".safetensors"):
             continue
         found = check_safetensors(uri, folder / key, key)
         if "/" in key:
-            continue
+            continue  # a sub-folder's weights (e.g. a sentence-transformers module): never loaded
         for name, entry in found.items():
             if name in tensors:
                 raise CheckpointRefused(
                     f"checkpoint {uri}: {key} tensor {name!r} is also in {tensors[name].file}; "
                     "allowed: each tensor in one file"
                 )
+            if weight_map is not None and weight_map.get(name) != key:
+                raise CheckpointRefused(
+                    f"checkpoint {uri}: {key} tensor {name!r} is mapped to {weight_map.get(name)!r} "
+                    f"by {WEIGHTS_INDEX}; allowed: each tensor where the index says"
+                )
             tensors[name] = entry
+    unheld = sorted(set(weight_map or {}) - set(tensors))
+    if unheld:
+        raise CheckpointRefused(
+            f"checkpoint {uri}: {WEIGHTS_INDEX} maps tensor {unheld[0]!r}, which no shard holds"
+        )
     return tensors
 
 
