@@ -167,16 +167,16 @@ NOT_AN_INTEGER = "Input should be a valid integer"
         ),
         (
             {"num_attention_heads": 3},
-            "config.json (root): num_attention_heads = 3 does not divide hidden_size = 32",
+            "config.json num_attention_heads = 3 does not divide hidden_size = 32",
         ),
         ({"hidden_size": "32"}, f"config.json hidden_size = '32': {NOT_AN_INTEGER}"),
         ({"hidden_size": 32.0}, f"config.json hidden_size = 32.0: {NOT_AN_INTEGER}"),
         ({"num_hidden_layers": True}, f"config.json num_hidden_layers = True: {NOT_AN_INTEGER}"),
         ({"hidden_size": -32}, "config.json hidden_size = -32: Input should be greater than 0"),
         ({"num_hidden_layers": DELETE}, "config.json num_hidden_layers: field required"),
-        ({"pad_token_id": 1000}, "config.json (root): pad_token_id = 1000 is not below vocab_size = 65"),
-        ({"hidden_act": "evil"}, "config.json (root): hidden_act = 'evil' is not allowed; allowed: gelu,"),
-        ({"num_labels": 5}, "config.json (root): num_labels = 5 but id2label has 3 labels"),
+        ({"pad_token_id": 1000}, "config.json pad_token_id = 1000 is not below vocab_size = 65"),
+        ({"hidden_act": "evil"}, "config.json hidden_act = 'evil' is not allowed; allowed: gelu,"),
+        ({"num_labels": 5}, "config.json num_labels = 5 but id2label has 3 labels"),
         (
             {"model_type": "distilbert"},
             "config.json model_type='distilbert' is not supported; "
@@ -300,7 +300,7 @@ def _shard(folder: Path) -> dict[str, str]:
     tensors = load_file(folder / "model.safetensors")
     (folder / "model.safetensors").unlink()
     names = sorted(tensors)
-    weight_map = {}
+    weight_map: dict[str, str] = {}
     for number, part in enumerate((names[:20], names[20:]), start=1):
         shard = f"model-0000{number}-of-00002.safetensors"
         save_file({n: tensors[n] for n in part}, folder / shard, metadata={"format": "pt"})

@@ -135,23 +135,25 @@ _LIMITS = (
 
 
 def read_architecture(uri: str, config: dict[str, object], settings: Settings) -> Architecture:
-    """The architecture config.json declares, within the settings' limits, or CheckpointRefused."""
+    """The architecture config.json declares, within the settings' limits, or CheckpointRefused.
+    Limits come first: a config declaring a huge network is named as such, whatever else is off."""
     if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
         raise CheckpointRefused(
             f"checkpoint {uri}: config.json model_type={config.get('model_type')!r} is not supported; "
             f"allowed: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
-    try:
-        arch = Architecture.model_validate(config)
-    except ValidationError as exc:
-        raise CheckpointRefused(f"checkpoint {uri}: config.json {format_errors(exc)}") from None
     for field, limit_field, variable in _LIMITS:
-        value, limit = getattr(arch, field), getattr(settings, limit_field)
-        if value is not None and value > limit:
+        value, limit = config.get(field), getattr(settings, limit_field)
+        if isinstance(value, int) and not isinstance(value, bool) and value > limit:
             raise CheckpointRefused(
                 f"checkpoint {uri}: config.json {field} = {value} exceeds the limit of {limit} ({variable})"
             )
-    return arch
+    try:
+        return Architecture.model_validate(config)
+    except ValidationError as exc:
+        # A cross-field check has no field path ("(root)"); its message names the fields.
+        reason = format_errors(exc).replace("(root): ", "")
+        raise CheckpointRefused(f"checkpoint {uri}: config.json {reason}") from None
 
 
 @dataclass(frozen=True)
