@@ -396,6 +396,66 @@ def test_tokenizer_json_refusals(
     assert _verify_refused(settings, tiny_checkpoint) == expected
 
 
+def _sentencepiece_model(pieces: int) -> bytes:
+    """A sentencepiece ModelProto as protobuf bytes: `pieces` pieces (field 1) and a trainer spec."""
+
+    def field(number: int, payload: bytes) -> bytes:
+        return bytes([number << 3 | 2, len(payload)]) + payload
+
+    body = b"".join(field(1, field(1, f"p{i}".encode())) for i in range(pieces))
+    return body + field(2, field(1, b"spm"))
+
+
+def _tiny_encoder(model_type: str, folder: Path, vocab_size: int) -> Path:
+    import transformers
+
+    classes = {
+        "roberta": (transformers.RobertaConfig, transformers.RobertaForSequenceClassification),
+        "xlm-roberta": (transformers.XLMRobertaConfig, transformers.XLMRobertaForSequenceClassification),
+    }
+    config_class, model_class = classes[model_type]
+    config = config_class(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=40,
+    )
+    model_class(config).save_pretrained(folder)
+    return folder
+
+
+def test_vocabulary_files_of_each_architecture(settings: Settings, tmp_path: Path) -> None:
+    roberta = _tiny_encoder("roberta", tmp_path / "roberta", vocab_size=10)
+    assert _verify_refused(settings, roberta) == (
+        "no tokenizer; a roberta checkpoint needs tokenizer.json or vocab.json + merges.txt"
+    )
+    (roberta / "merges.txt").write_text("#version: 0.2\n")
+    (roberta / "vocab.json").write_text(json.dumps({f"t{i}": i for i in range(10)}))
+    verify_folder("file:///roberta", roberta, settings)
+    (roberta / "vocab.json").write_text(json.dumps({"<s>": 0, "far": 12}))
+    assert _verify_refused(settings, roberta).startswith(
+        "vocab.json has 13 tokens but the embeddings have 10 rows"
+    )
+
+    # XLMRobertaTokenizer shifts the pieces by one and appends <mask>: 8 pieces are 10 ids.
+    xlmr = _tiny_encoder("xlm-roberta", tmp_path / "xlmr", vocab_size=10)
+    assert _verify_refused(settings, xlmr) == (
+        "no tokenizer; a xlm-roberta checkpoint needs tokenizer.json or sentencepiece.bpe.model"
+    )
+    (xlmr / "sentencepiece.bpe.model").write_bytes(_sentencepiece_model(8))
+    verify_folder("file:///xlmr", xlmr, settings)
+    (xlmr / "sentencepiece.bpe.model").write_bytes(_sentencepiece_model(9))
+    assert _verify_refused(settings, xlmr).startswith(
+        "sentencepiece.bpe.model has 11 tokens but the embeddings have 10 rows"
+    )
+    (xlmr / "sentencepiece.bpe.model").write_bytes(_sentencepiece_model(8)[:-3])
+    assert _verify_refused(settings, xlmr) == (
+        "sentencepiece.bpe.model is not a sentencepiece model (field runs past the end)"
+    )
+
+
 # --- store keys ----------------------------------------------------------------------------------
 
 
@@ -446,6 +506,7 @@ def test_cli_exit_codes_list_and_a_corrected_checkpoint(
     blank = publish(settings, tiny_checkpoint, "nightly/blank")
 
     ok = _cli(settings.home, "verify", good)
+    cached = sorted(p.name for p in settings.cache_dir.iterdir())
     assert ok.returncode == 0 and ok.stdout.startswith(f"ok {good} sha256:"), ok.stderr
     for uri, reason in (
         (huge, "config.json num_hidden_layers = 100000 exceeds the limit of 48 (SLIMLINE_MAX_LAYERS)"),
@@ -454,6 +515,7 @@ def test_cli_exit_codes_list_and_a_corrected_checkpoint(
         refused = _cli(settings.home, "verify", uri)
         assert refused.returncode == 4
         assert refused.stderr == f"slimline: error: checkpoint {uri}: {reason}\n"
+    assert sorted(p.name for p in settings.cache_dir.iterdir()) == cached  # nothing of the refused
 
     listing = _cli(settings.home, "list", "--prefix", "nightly")
     assert listing.returncode == 0, listing.stderr
