@@ -342,6 +342,25 @@ def test_weight_files_are_those_the_loader_reads(settings: Settings, tiny_checkp
     )
 
 
+def test_recipe_inputs_longer_than_the_positions_are_refused(
+    settings: Settings, tiny_checkpoint: Path
+) -> None:
+    from tasks.intake.architecture import check_sequence_length
+    from tasks.intake.checkpoints import read_verified_architecture
+
+    arch = read_verified_architecture("file:///ckpt", tiny_checkpoint, settings)
+    check_sequence_length("file:///ckpt", arch, 128)
+    with pytest.raises(CheckpointRefused) as info:
+        check_sequence_length("file:///ckpt", arch, 129)
+    assert str(info.value) == (
+        "checkpoint file:///ckpt: config.json max_position_embeddings = 128 holds 128 tokens, fewer than "
+        "recipe dataset.max_length = 129; allowed: max_length ≤ 128"
+    )
+    roberta = arch.model_copy(update={"model_type": "roberta"})
+    with pytest.raises(CheckpointRefused, match="holds 126 tokens"):
+        check_sequence_length("file:///ckpt", roberta, 127)
+
+
 # --- tokenizer -----------------------------------------------------------------------------------
 
 

@@ -21,7 +21,14 @@ from tasks.core.settings import Settings
 from tasks.core.version import code_commit
 from tasks.gate.evaluate import PREDICTIONS, evaluate, metrics_of, read_predictions
 from tasks.gate.gates import ProductionReference, Verdict, judge
-from tasks.intake.checkpoints import VerifiedCheckpoint, fetch, known_digest, list_checkpoints
+from tasks.intake.architecture import check_sequence_length
+from tasks.intake.checkpoints import (
+    VerifiedCheckpoint,
+    fetch,
+    known_digest,
+    list_checkpoints,
+    read_verified_architecture,
+)
 from tasks.intake.data import prepare_splits
 from tasks.intake.refusals import record_refusal, refusal_of, refusals
 from tasks.intake.validation import REPORT as VALIDATION_REPORT
@@ -114,16 +121,18 @@ def _count(results: list[StepResult]) -> tuple[int, int]:
 
 
 def prepare(settings: Settings, recipe_path: Path, checkpoint_uri: str, run_label: str) -> Prepared:
-    """Fetch and verify the checkpoint, split the data, check the checkpoint's tokenizer against
-    it, validate the data, evaluate the baseline, open the parent run. A refused checkpoint
-    (verification, or too many unknown tokens) is recorded and raises CheckpointRefused before
-    the parent run exists: nothing of it reaches the registry. Failed data validation is logged
-    to the parent run, which ends FAILED (so the next night tries the checkpoint again), and
-    raises DataValidationError before any compute."""
+    """Fetch and verify the checkpoint, split the data, check the checkpoint's position embeddings
+    and tokenizer against it, validate the data, evaluate the baseline, open the parent run. A
+    refused checkpoint (verification, inputs longer than its positions, too many unknown tokens)
+    is recorded and raises CheckpointRefused before the parent run exists: nothing of it reaches
+    the registry. Failed data validation is logged to the parent run, which ends FAILED (so the
+    next night tries the checkpoint again), and raises DataValidationError before any compute."""
     recipe = load_recipe(recipe_path)
     checkpoint = fetch(settings, checkpoint_uri)
     split = prepare_splits(settings, recipe.dataset)
     try:
+        arch = read_verified_architecture(checkpoint.uri, checkpoint.path, settings)
+        check_sequence_length(checkpoint.uri, arch, recipe.dataset.max_length)
         tokens = validate_unknown_tokens(
             checkpoint.uri, checkpoint.path, split.path, recipe.dataset.max_length, recipe.validation
         )

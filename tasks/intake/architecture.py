@@ -40,6 +40,8 @@ ACTIVATIONS = (
     "gelu", "gelu_new", "gelu_fast", "gelu_python", "gelu_pytorch_tanh", "gelu_accurate",
     "quick_gelu", "relu", "relu6", "silu", "swish", "tanh", "mish", "sigmoid", "linear",
 )  # fmt: skip
+# RoBERTa-style embeddings number positions after the padding index: two rows are never used.
+POSITION_OFFSET = {"bert": 0, "electra": 0, "roberta": 2, "xlm-roberta": 2}
 # A bare encoder gets a freshly built classifier of this many rows; the bound keeps it small.
 MAX_LABELS = 10_000
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.")
@@ -154,6 +156,18 @@ def read_architecture(uri: str, config: dict[str, object], settings: Settings) -
         # A cross-field check has no field path ("(root)"); its message names the fields.
         reason = format_errors(exc).replace("(root): ", "")
         raise CheckpointRefused(f"checkpoint {uri}: config.json {reason}") from None
+
+
+def check_sequence_length(uri: str, arch: Architecture, max_length: int) -> None:
+    """The recipe's tokens per example fit the position embeddings: a longer input would fail with
+    an index error inside the model, in the middle of the baseline evaluation."""
+    positions = arch.max_position_embeddings
+    usable = positions - POSITION_OFFSET[arch.model_type]
+    if max_length > usable:
+        raise CheckpointRefused(
+            f"checkpoint {uri}: config.json max_position_embeddings = {positions} holds {usable} tokens, "
+            f"fewer than recipe dataset.max_length = {max_length}; allowed: max_length ≤ {usable}"
+        )
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from tasks.core.digests import content_digest, file_sha256
 from tasks.core.errors import CheckpointRefused
 from tasks.core.settings import Settings
 from tasks.core.store import ObjectInfo, ObjectStore, open_store
-from tasks.intake.architecture import TensorEntry, check_tensors, read_architecture
+from tasks.intake.architecture import Architecture, TensorEntry, check_tensors, read_architecture
 from tasks.intake.refusals import forget_stale_refusal, record_refusal
 from tasks.intake.tokenizer_files import check_tokenizer
 
@@ -299,6 +299,11 @@ def verify_folder(uri: str, folder: Path, settings: Settings) -> tuple[str, str]
     check_tensors(uri, arch, _check_weights(uri, folder, keys))
     check_tokenizer(uri, folder, arch.model_type, arch.vocab_size)
     return content_digest({key: file_sha256(folder / key) for key in keys}), arch.model_type
+
+
+def read_verified_architecture(uri: str, folder: Path, settings: Settings) -> Architecture:
+    """The architecture of a checkpoint verified earlier (its config.json is known good)."""
+    return read_architecture(uri, _check_config(uri, folder), settings)
 
 
 def _fingerprint_index(settings: Settings) -> Path:
