@@ -9,9 +9,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tasks.core.errors import SlimlineError
 from tasks.core.settings import Settings
+
+if TYPE_CHECKING:
+    from tasks.recipe import Recipe
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -56,15 +60,34 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoints_list(args: argparse.Namespace) -> int:
-    from tasks.intake.checkpoints import fetch, list_checkpoints
+    from tasks.core.errors import CheckpointRefused
+    from tasks.intake.checkpoints import fetch, known_digest, list_checkpoints
+    from tasks.intake.refusals import refusal_of
 
     settings = _settings(args)
-    found = list_checkpoints(settings, args.prefix)
+    recipe = None
+    if args.recipe:
+        from tasks.recipe import load_recipe
+
+        recipe = load_recipe(args.recipe)
     rows = []
-    for info in found:
+    for info in list_checkpoints(settings, args.prefix):
         row = info.model_dump()
-        if args.digests:
-            row["digest"] = fetch(settings, info.uri).digest
+        digest = known_digest(settings, info.uri, info.fingerprint)
+        refusal = refusal_of(settings, info.uri, info.fingerprint)
+        if args.digests and refusal is None:
+            try:
+                digest = fetch(settings, info.uri).digest
+            except CheckpointRefused:
+                refusal = refusal_of(settings, info.uri, info.fingerprint)
+        if refusal is not None:
+            row |= {"state": "refused", "reason": refusal.reason}
+        elif recipe is not None and digest is not None and _processed(settings, recipe, digest):
+            row["state"] = "processed"
+        else:
+            row["state"] = "new"
+        if digest is not None and args.digests:
+            row["digest"] = digest
         rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -72,8 +95,16 @@ def cmd_checkpoints_list(args: argparse.Namespace) -> int:
         print(f"no checkpoints under {settings.store_uri}/{args.prefix}".rstrip("/"))
     for row in [] if args.json else rows:
         digest = f"  sha256:{row['digest'][:16]}" if "digest" in row else ""
-        print(f"{row['uri']}  {row['files']} files  {row['size_bytes'] / 1e6:.1f} MB{digest}")
+        reason = row["reason"].removeprefix(f"checkpoint {row['uri']}: ") if "reason" in row else ""
+        state = f"{row['state']}: {reason}" if reason else row["state"]
+        print(f"{row['uri']}  {row['files']} files  {row['size_bytes'] / 1e6:.1f} MB{digest}  {state}")
     return 0
+
+
+def _processed(settings: Settings, recipe: Recipe, digest: str) -> bool:
+    from tasks.registry import tracking
+
+    return tracking.processed(settings, recipe, digest)
 
 
 def cmd_checkpoints_verify(args: argparse.Namespace) -> int:
@@ -181,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--prefix", default="", help="prefix inside the store")
     listing.add_argument("--digests", action="store_true", help="fetch and verify each to show its digest")
     listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.add_argument(
+        "--recipe", type=Path, help="recipe whose runs mark a checkpoint processed (default: new or refused)"
+    )
     listing.set_defaults(func=cmd_checkpoints_list)
     verify = csub.add_parser("verify", help="fetch one checkpoint, verify it, print its digest")
     verify.add_argument("uri", help="checkpoint URI")

@@ -242,11 +242,11 @@ def test_same_content_under_two_names_shares_one_cache_entry(env: Env, tiny_chec
     assert sorted(p.name for p in env.settings.cache_dir.iterdir()) == sorted([a.digest, "fingerprints.json"])
 
 
-def test_different_weights_have_different_digests(tmp_path: Path) -> None:
+def test_different_weights_have_different_digests(settings: Settings, tmp_path: Path) -> None:
     one = make_checkpoint(tmp_path / "one", seed=1)
     two = make_checkpoint(tmp_path / "two", seed=2)
-    assert verify_folder("local", one)[0] != verify_folder("local", two)[0]
-    assert verify_folder("local", one)[0] == _expected_digest(one)
+    assert verify_folder("local", one, settings)[0] != verify_folder("local", two, settings)[0]
+    assert verify_folder("local", one, settings)[0] == _expected_digest(one)
 
 
 def test_folders_without_config_are_not_listed(env: Env, tiny_checkpoint: Path) -> None:
@@ -393,21 +393,23 @@ def test_file_store_symlinked_weights_are_refused(
     _refused(env, uri, "'model.safetensors' is a symbolic link")
 
 
-def test_verify_folder_refuses_symlinks(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_verify_folder_refuses_symlinks(settings: Settings, tiny_checkpoint: Path, tmp_path: Path) -> None:
     secret = tmp_path / "secret.txt"
     secret.write_text("TOP SECRET")
     (tiny_checkpoint / "notes.txt").symlink_to(secret)
     with pytest.raises(CheckpointRefused, match=r"'notes\.txt' is a symbolic link") as info:
-        verify_folder("file:///local/ckpt", tiny_checkpoint)
+        verify_folder("file:///local/ckpt", tiny_checkpoint, settings)
     assert str(info.value).startswith("checkpoint file:///local/ckpt: ")
 
 
-def test_verify_folder_refuses_symlinked_directories(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_verify_folder_refuses_symlinked_directories(
+    settings: Settings, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "model.safetensors").write_bytes(b"")
     (tiny_checkpoint / "onnx").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     with pytest.raises(CheckpointRefused, match="'onnx' is a symbolic link"):
-        verify_folder("file:///local/ckpt", tiny_checkpoint)
+        verify_folder("file:///local/ckpt", tiny_checkpoint, settings)
 
 
 # --- refusals: config ---------------------------------------------------------------------------

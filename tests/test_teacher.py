@@ -17,7 +17,7 @@ def test_finetune_learns_and_is_cached(settings, tmp_path):
     first = finetune(settings.artifacts_dir, config, dataset, split, base)
     losses = first.manifest.metrics["epoch_losses"]
     assert len(losses) == 6 and losses[-1] < 0.7 * losses[0]
-    digest, model_type = verify_folder("teacher", first.path / MODEL_SUBDIR)
+    digest, model_type = verify_folder("teacher", first.path / MODEL_SUBDIR, settings)
     assert model_type == "bert" and len(digest) == 64
 
     second = finetune(settings.artifacts_dir, config, dataset, split, base)

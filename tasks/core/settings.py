@@ -42,6 +42,21 @@ class Settings(BaseSettings):
     max_checkpoint_bytes: int = Field(
         default=4 * 1024**3, description="Largest checkpoint slimline will fetch, in bytes."
     )
+    # Architecture limits checked against config.json before anything loads a checkpoint; the
+    # defaults admit BERT-large-sized encoders and fit a small machine (2 cores, 23 GB).
+    max_layers: int = Field(default=48, gt=0, description="Most encoder layers a checkpoint may declare.")
+    max_hidden_size: int = Field(
+        default=4096, gt=0, description="Largest hidden size a checkpoint may declare."
+    )
+    max_intermediate_size: int = Field(
+        default=16384, gt=0, description="Largest feed-forward size a checkpoint may declare."
+    )
+    max_vocab_size: int = Field(
+        default=300_000, gt=0, description="Largest vocabulary a checkpoint may declare."
+    )
+    max_positions: int = Field(
+        default=8192, gt=0, description="Most position embeddings a checkpoint may declare."
+    )
 
     @field_validator("home")
     @classmethod
@@ -90,6 +105,11 @@ class Settings(BaseSettings):
             "SLIMLINE_RECIPE": str(self.recipe),
             "SLIMLINE_REGISTERED_MODEL_PREFIX": self.registered_model_prefix,
             "SLIMLINE_MAX_CHECKPOINT_BYTES": str(self.max_checkpoint_bytes),
+            "SLIMLINE_MAX_LAYERS": str(self.max_layers),
+            "SLIMLINE_MAX_HIDDEN_SIZE": str(self.max_hidden_size),
+            "SLIMLINE_MAX_INTERMEDIATE_SIZE": str(self.max_intermediate_size),
+            "SLIMLINE_MAX_VOCAB_SIZE": str(self.max_vocab_size),
+            "SLIMLINE_MAX_POSITIONS": str(self.max_positions),
         }
         if self.s3_endpoint_url:
             env["SLIMLINE_S3_ENDPOINT_URL"] = self.s3_endpoint_url

@@ -45,7 +45,7 @@ def publish_checkpoint(settings: Settings, folder: Path, name: str) -> str:
     if isinstance(store, FileStore):
         store.root.mkdir(parents=True, exist_ok=True)
     uri = f"{store.uri}/{DEMO_PREFIX}/{name}"
-    digest, _ = verify_folder(uri, folder)
+    digest, _ = verify_folder(uri, folder, settings)
     listed = {c.uri for c in list_checkpoints(settings, DEMO_PREFIX)}
     if uri in listed and fetch(settings, uri).digest == digest:
         return uri

@@ -15,7 +15,7 @@ from tasks.compress.technique import TechniqueContext
 from tasks.compress.techniques import get_technique
 from tasks.compress.training import TRAINING_LOG_FILE, TrainingLog, read_training_log
 from tasks.core.artifacts import StepResult, run_step
-from tasks.core.errors import ConfigError, DataValidationError, IncompleteRun
+from tasks.core.errors import CheckpointRefused, ConfigError, DataValidationError, IncompleteRun
 from tasks.core.locks import run_lock
 from tasks.core.models import ModelRef, model_size_bytes
 from tasks.core.settings import Settings
@@ -24,10 +24,23 @@ from tasks.flow.sidebyside import Entrant, record, time_and_choose, timed_verdic
 from tasks.gate.evaluate import PREDICTIONS, evaluate, metrics_of, read_predictions
 from tasks.gate.gates import ProductionReference, Verdict, judge
 from tasks.gate.timing import TimedModel, time_side_by_side
-from tasks.intake.checkpoints import VerifiedCheckpoint, fetch, known_digest, list_checkpoints
+from tasks.intake.architecture import check_sequence_length
+from tasks.intake.checkpoints import (
+    VerifiedCheckpoint,
+    fetch,
+    known_digest,
+    list_checkpoints,
+    read_verified_architecture,
+)
 from tasks.intake.data import prepare_splits
+from tasks.intake.refusals import record_refusal, refusal_of, refusals
 from tasks.intake.validation import REPORT as VALIDATION_REPORT
-from tasks.intake.validation import ValidationReport, validate_predictions, validate_split_step
+from tasks.intake.validation import (
+    ValidationReport,
+    validate_predictions,
+    validate_split_step,
+    validate_unknown_tokens,
+)
 from tasks.recipe import Recipe, load_recipe
 from tasks.registry import tracking
 from tasks.registry.versions import (
@@ -90,11 +103,16 @@ def load_checked_recipe(path: Path, digest: str | None = None) -> Recipe:
 
 
 def discover(settings: Settings, recipe_path: Path, prefix: str = "") -> list[str]:
-    """Checkpoints under `prefix` not yet processed with this recipe. A checkpoint whose
-    listing changed since it was last fetched counts as new; `prepare` fetches and verifies."""
+    """Checkpoints under `prefix` not yet processed with this recipe nor refused. A checkpoint
+    whose listing changed since it was last fetched or refused counts as new; `prepare` fetches
+    and verifies."""
     recipe = load_recipe(recipe_path)
     pending = []
     for info in list_checkpoints(settings, prefix):
+        refusal = refusal_of(settings, info.uri, info.fingerprint)
+        if refusal:
+            log.info("skipping %s: refused until it changes (%s)", info.uri, refusal.reason)
+            continue
         digest = known_digest(settings, info.uri, info.fingerprint)
         if digest and tracking.processed(settings, recipe, digest):
             log.info("skipping %s: digest %s already processed", info.uri, digest[:12])
@@ -110,12 +128,24 @@ def _count(results: list[StepResult]) -> tuple[int, int]:
 
 
 def prepare(settings: Settings, recipe_path: Path, checkpoint_uri: str, run_label: str) -> Prepared:
-    """Fetch and verify the checkpoint, split and validate the data, evaluate the baseline, open
-    the parent run. Failed data validation is logged to the parent run, which ends FAILED (so the
+    """Fetch and verify the checkpoint, split the data, check the checkpoint's position embeddings
+    and tokenizer against it, validate the data, evaluate the baseline, open the parent run. A
+    refused checkpoint (verification, inputs longer than its positions, too many unknown tokens)
+    is recorded and raises CheckpointRefused before the parent run exists: nothing of it reaches
+    the registry. Failed data validation is logged to the parent run, which ends FAILED (so the
     next night tries the checkpoint again), and raises DataValidationError before any compute."""
     recipe = load_recipe(recipe_path)
     checkpoint = fetch(settings, checkpoint_uri)
     split = prepare_splits(settings, recipe.dataset)
+    try:
+        arch = read_verified_architecture(checkpoint.uri, checkpoint.path, settings)
+        check_sequence_length(checkpoint.uri, arch, recipe.dataset.max_length)
+        tokens = validate_unknown_tokens(
+            checkpoint.uri, checkpoint.path, split.path, recipe.dataset.max_length, recipe.validation
+        )
+    except CheckpointRefused as exc:
+        record_refusal(settings, checkpoint.uri, checkpoint.fingerprint, exc, checkpoint.digest)
+        raise
     parent = tracking.start_parent_run(
         settings,
         recipe,
@@ -131,6 +161,7 @@ def prepare(settings: Settings, recipe_path: Path, checkpoint_uri: str, run_labe
     )
     tracking.log_text(settings, parent, RECIPE_ARTIFACT, Path(recipe_path).read_text(encoding="utf-8"))
     validation = validate_split_step(settings.artifacts_dir, split, recipe.dataset, recipe.validation)
+    validation = ValidationReport(suites=tokens.suites + validation.suites)
     baseline = None
     if validation.success:
         baseline = evaluate_baseline(settings, recipe, checkpoint, split)
@@ -491,6 +522,7 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
         candidate_reason=side.choice.reason if side.choice else "no variant passed its gates",
         steps_computed=prepared.steps_computed + sum(o.steps_computed for o in outcomes) + timing_computed,
         steps_reused=prepared.steps_reused + sum(o.steps_reused for o in outcomes) + timing_reused,
+        refused=refusals(settings),
     )
     validation = ValidationReport(
         suites=[*prepared.validation.suites, *(s for o in outcomes for s in o.validation.suites)]

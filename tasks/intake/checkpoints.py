@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import struct
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -20,15 +20,19 @@ from tasks.core.digests import content_digest, file_sha256
 from tasks.core.errors import CheckpointRefused
 from tasks.core.locks import file_lock, staging_dir
 from tasks.core.settings import Settings
-from tasks.core.store import ObjectInfo, open_store
+from tasks.core.store import ObjectInfo, ObjectStore, open_store
+from tasks.intake.architecture import Architecture, TensorEntry, check_tensors, read_architecture
+from tasks.intake.refusals import forget_stale_refusal, record_refusal
+from tasks.intake.tokenizer_files import check_tokenizer
 
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 ALLOWED_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".md")
 ALLOWED_NAMES = (".gitattributes",)
-SUPPORTED_MODEL_TYPES = ("bert", "distilbert", "roberta", "xlm-roberta", "electra")
 MAX_JSON_BYTES = 16 * 1024 * 1024
+WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 SAFETENSORS_DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
@@ -54,6 +58,7 @@ class VerifiedCheckpoint(BaseModel):
     path: Path
     size_bytes: int
     model_type: str
+    fingerprint: str  # the store listing it was fetched from
 
 
 def _fingerprint(objects: list[ObjectInfo], base: str = "") -> str:
@@ -93,10 +98,14 @@ def list_checkpoints(settings: Settings, prefix: str = "") -> list[CheckpointInf
 
 def _check_names(uri: str, keys: list[str]) -> None:
     for key in keys:
-        parts = PurePosixPath(key).parts
-        if key.startswith("/") or "\\" in key or ".." in parts or not parts:
-            raise CheckpointRefused(f"checkpoint {uri}: path {key!r} escapes the checkpoint folder")
-        name = parts[-1]
+        # Object-store keys are arbitrary strings: only plain relative names map onto one file.
+        segments = key.split("/")
+        if "\\" in key or any(s in ("", ".", "..") for s in segments):
+            raise CheckpointRefused(
+                f"checkpoint {uri}: path {key!r} escapes the checkpoint folder; allowed: relative "
+                "names without '..', '.', empty segments or backslashes"
+            )
+        name = segments[-1]
         if name.lower().endswith(PICKLE_SUFFIXES):
             raise CheckpointRefused(
                 f"checkpoint {uri}: {key} is a pickle-based weight file, which slimline never "
@@ -109,8 +118,8 @@ def _check_names(uri: str, keys: list[str]) -> None:
             )
     if "config.json" not in keys:
         raise CheckpointRefused(f"checkpoint {uri}: config.json is missing")
-    if not any(k.endswith(".safetensors") for k in keys):
-        raise CheckpointRefused(f"checkpoint {uri}: no *.safetensors weights found")
+    if not any(k.endswith(".safetensors") and "/" not in k for k in keys):
+        raise CheckpointRefused(f"checkpoint {uri}: no *.safetensors weights found at the top of the folder")
 
 
 def _read_json(uri: str, path: Path, name: str) -> object:
@@ -122,7 +131,7 @@ def _read_json(uri: str, path: Path, name: str) -> object:
         raise CheckpointRefused(f"checkpoint {uri}: {name} is not valid JSON ({exc})") from exc
 
 
-def _check_config(uri: str, folder: Path) -> str:
+def _check_config(uri: str, folder: Path) -> dict[str, object]:
     for path in sorted(folder.rglob("*.json")):
         name = path.relative_to(folder).as_posix()
         data = _read_json(uri, path, name)
@@ -134,17 +143,20 @@ def _check_config(uri: str, folder: Path) -> str:
     config = _read_json(uri, folder / "config.json", "config.json")
     if not isinstance(config, dict):
         raise CheckpointRefused(f"checkpoint {uri}: config.json is not a JSON object")
-    model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise CheckpointRefused(
-            f"checkpoint {uri}: config.json model_type={model_type!r} is not supported; "
-            f"allowed: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-    return str(model_type)
+    return config
 
 
-def check_safetensors(uri: str, path: Path, name: str) -> None:
-    """Validate a safetensors file's header and offsets without loading any tensor."""
+def _dims(shape: object) -> tuple[int, ...]:
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise TypeError("shape is not a list of whole numbers")
+    if any(d < 0 for d in shape):
+        raise ValueError("negative dimension")
+    return tuple(shape)
+
+
+def check_safetensors(uri: str, path: Path, name: str) -> dict[str, TensorEntry]:
+    """Validate a safetensors file's header and offsets without loading any tensor; return its
+    tensors as the header declares them."""
     size = path.stat().st_size
     with path.open("rb") as handle:
         head = handle.read(8)
@@ -164,15 +176,18 @@ def check_safetensors(uri: str, path: Path, name: str) -> None:
         raise CheckpointRefused(f"checkpoint {uri}: {name} has a malformed header")
     data_len = size - 8 - header_len
     spans: list[tuple[int, int, str]] = []
+    tensors: dict[str, TensorEntry] = {}
     for tensor, meta in header.items():
         if tensor == "__metadata__":
             continue
         try:
             start, end = (int(v) for v in meta["data_offsets"])
+            shape = _dims(meta["shape"])
             count = 1
-            for dim in meta["shape"]:
-                count *= int(dim)
+            for dim in shape:
+                count *= dim
             expected = count * SAFETENSORS_DTYPE_BYTES[meta["dtype"]]
+            tensors[tensor] = TensorEntry(file=name, dtype=meta["dtype"], shape=shape)
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointRefused(
                 f"checkpoint {uri}: {name} tensor {tensor!r} has a malformed entry"
@@ -197,6 +212,7 @@ def check_safetensors(uri: str, path: Path, name: str) -> None:
             f"checkpoint {uri}: {name} is truncated or malformed "
             f"({data_len} data bytes, tensors cover {covered})"
         )
+    return tensors
 
 
 def _check_kinds(uri: str, objects: list[ObjectInfo]) -> None:
@@ -210,16 +226,83 @@ def _check_kinds(uri: str, objects: list[ObjectInfo]) -> None:
             )
 
 
-def verify_folder(uri: str, folder: Path) -> tuple[str, str]:
-    """Verify a local checkpoint folder; return (content digest, model type)."""
-    _check_kinds(uri, open_store(folder.as_uri()).list(""))
-    keys = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
-    _check_names(uri, keys)
-    model_type = _check_config(uri, folder)
+def _weight_files(uri: str, folder: Path, keys: list[str]) -> dict[str, str] | None:
+    """The tensor -> file map of a sharded checkpoint's index, or None for a single
+    model.safetensors; what transformers loads, and every top-level weight file must be that."""
+    top = [k for k in keys if k.endswith(".safetensors") and "/" not in k]
+    allowed = f"allowed weights: {WEIGHTS}, or the shards {WEIGHTS_INDEX} names"
+    weight_map = None
+    if WEIGHTS_INDEX in keys:
+        index = _read_json(uri, folder / WEIGHTS_INDEX, WEIGHTS_INDEX)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointRefused(f"checkpoint {uri}: {WEIGHTS_INDEX} has no weight_map of tensor -> file")
+        files = set(weight_map.values())
+        missing = sorted(files - set(top))
+        if missing:
+            raise CheckpointRefused(
+                f"checkpoint {uri}: {WEIGHTS_INDEX} names {missing[0]!r}, which is not a *.safetensors "
+                "file at the top of the folder"
+            )
+    elif WEIGHTS in keys:
+        files = {WEIGHTS}
+    else:
+        raise CheckpointRefused(f"checkpoint {uri}: no {WEIGHTS} or {WEIGHTS_INDEX}; {allowed}")
+    unread = [k for k in top if k not in files]
+    if unread:
+        raise CheckpointRefused(f"checkpoint {uri}: {unread[0]} is not read by the loader; {allowed}")
+    return weight_map
+
+
+def _check_weights(uri: str, folder: Path, keys: list[str]) -> dict[str, TensorEntry]:
+    """Every safetensors file's structure; the tensors of those the loader reads, each once and,
+    for shards, in the file the index names."""
+    weight_map = _weight_files(uri, folder, keys)
+    tensors: dict[str, TensorEntry] = {}
     for key in keys:
-        if key.endswith(".safetensors"):
-            check_safetensors(uri, folder / key, key)
-    return content_digest({key: file_sha256(folder / key) for key in keys}), model_type
+        if not key.endswith(".safetensors"):
+            continue
+        found = check_safetensors(uri, folder / key, key)
+        if "/" in key:
+            continue  # a sub-folder's weights (e.g. a sentence-transformers module): never loaded
+        for name, entry in found.items():
+            if name in tensors:
+                raise CheckpointRefused(
+                    f"checkpoint {uri}: {key} tensor {name!r} is also in {tensors[name].file}; "
+                    "allowed: each tensor in one file"
+                )
+            if weight_map is not None and weight_map.get(name) != key:
+                raise CheckpointRefused(
+                    f"checkpoint {uri}: {key} tensor {name!r} is mapped to {weight_map.get(name)!r} "
+                    f"by {WEIGHTS_INDEX}; allowed: each tensor where the index says"
+                )
+            tensors[name] = entry
+    unheld = sorted(set(weight_map or {}) - set(tensors))
+    if unheld:
+        raise CheckpointRefused(
+            f"checkpoint {uri}: {WEIGHTS_INDEX} maps tensor {unheld[0]!r}, which no shard holds"
+        )
+    return tensors
+
+
+def verify_folder(uri: str, folder: Path, settings: Settings) -> tuple[str, str]:
+    """Verify a local checkpoint folder; return (content digest, model type).
+
+    In order: entry kinds, names, JSON files, the architecture config.json declares (within the
+    settings' limits), safetensors headers against it, the tokenizer against the embeddings.
+    """
+    _check_kinds(uri, open_store(folder.as_uri()).list(""))
+    keys = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    _check_names(uri, keys)
+    arch = read_architecture(uri, _check_config(uri, folder), settings)
+    check_tensors(uri, arch, _check_weights(uri, folder, keys))
+    check_tokenizer(uri, folder, arch.model_type, arch.vocab_size)
+    return content_digest({key: file_sha256(folder / key) for key in keys}), arch.model_type
+
+
+def read_verified_architecture(uri: str, folder: Path, settings: Settings) -> Architecture:
+    """The architecture of a checkpoint verified earlier (its config.json is known good)."""
+    return read_architecture(uri, _check_config(uri, folder), settings)
 
 
 def _fingerprint_index(settings: Settings) -> Path:
@@ -246,23 +329,41 @@ def _remember_digest(settings: Settings, uri: str, fingerprint: str, digest: str
         os.replace(tmp, index)
 
 
-def _cached(settings: Settings, uri: str, digest: str, size: int) -> VerifiedCheckpoint | None:
+def _cached(
+    settings: Settings, uri: str, digest: str, size: int, fingerprint: str
+) -> VerifiedCheckpoint | None:
     folder = settings.cache_dir / digest
     marker = folder / ".verified.json"
     if not marker.exists():
         return None
     model_type = json.loads(marker.read_text())["model_type"]
-    return VerifiedCheckpoint(uri=uri, digest=digest, path=folder, size_bytes=size, model_type=model_type)
+    return VerifiedCheckpoint(
+        uri=uri, digest=digest, path=folder, size_bytes=size, model_type=model_type, fingerprint=fingerprint
+    )
 
 
 def fetch(settings: Settings, uri: str) -> VerifiedCheckpoint:
     """Fetch a checkpoint into the local cache, verify it and return where it lies.
 
     Names and sizes are checked before any byte is downloaded; contents after. A checkpoint
-    whose listing is unchanged since an earlier fetch is served from the cache.
+    whose listing is unchanged since an earlier fetch is served from the cache. A refusal is
+    recorded with the listing (see tasks.intake.refusals) before it is raised.
     """
     store = open_store(uri, settings.s3_endpoint_url)
     objects = store.list("")
+    fingerprint = _fingerprint(objects)
+    try:
+        checkpoint = _fetch_listed(settings, uri, store, objects, fingerprint)
+    except CheckpointRefused as exc:
+        record_refusal(settings, uri, fingerprint, exc)
+        raise
+    forget_stale_refusal(settings, uri, fingerprint)
+    return checkpoint
+
+
+def _fetch_listed(
+    settings: Settings, uri: str, store: ObjectStore, objects: list[ObjectInfo], fingerprint: str
+) -> VerifiedCheckpoint:
     if not objects:
         raise CheckpointRefused(f"checkpoint {uri}: no files found")
     _check_kinds(uri, objects)
@@ -274,9 +375,8 @@ def fetch(settings: Settings, uri: str) -> VerifiedCheckpoint:
             f"checkpoint {uri}: {size} bytes exceeds the limit of "
             f"{settings.max_checkpoint_bytes} (SLIMLINE_MAX_CHECKPOINT_BYTES)"
         )
-    fingerprint = _fingerprint(objects)
     known = known_digest(settings, uri, fingerprint)
-    if known and (hit := _cached(settings, uri, known, size)):
+    if known and (hit := _cached(settings, uri, known, size, fingerprint)):
         log.info("checkpoint %s unchanged, using cache %s", uri, hit.path)
         return hit
 
@@ -286,7 +386,7 @@ def fetch(settings: Settings, uri: str) -> VerifiedCheckpoint:
             dest = staging / key
             dest.parent.mkdir(parents=True, exist_ok=True)
             store.download(key, dest)
-        digest, model_type = verify_folder(uri, staging)
+        digest, model_type = verify_folder(uri, staging, settings)
         (staging / ".verified.json").write_text(
             json.dumps({"uri": uri, "digest": digest, "model_type": model_type})
         )
@@ -295,4 +395,6 @@ def fetch(settings: Settings, uri: str) -> VerifiedCheckpoint:
             os.replace(staging, final)
     _remember_digest(settings, uri, fingerprint, digest)
     log.info("checkpoint %s verified, digest %s", uri, digest[:12])
-    return VerifiedCheckpoint(uri=uri, digest=digest, path=final, size_bytes=size, model_type=model_type)
+    return VerifiedCheckpoint(
+        uri=uri, digest=digest, path=final, size_bytes=size, model_type=model_type, fingerprint=fingerprint
+    )

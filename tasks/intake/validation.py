@@ -2,7 +2,8 @@
 
 The suites are defined here in code and run on an ephemeral GE context (no project folder):
 one suite per non-empty split (columns, empty texts, label range, duplicates, class shares,
-text lengths, eval rows leaked into train or calibration) and one over an evaluation's
+text lengths, eval rows leaked into train or calibration), one over the share of unknown tokens
+when the eval split is tokenized with a checkpoint's own tokenizer, and one over an evaluation's
 predictions CSV (one row per example, prediction range, finite logits, probabilities). GE
 does every check; pandas only loads the data and derives the columns a check needs (text
 length, per-class share, whether an eval text is in another split, the sum of probabilities).
@@ -26,7 +27,7 @@ from pydantic import BaseModel, Field, computed_field, model_validator
 
 from tasks.core.artifacts import StepResult, run_step
 from tasks.core.config import Strict
-from tasks.core.errors import DataError, DataValidationError
+from tasks.core.errors import CheckpointRefused, DataError, DataValidationError
 from tasks.intake.data import DatasetConfig
 
 if TYPE_CHECKING:
@@ -493,6 +494,49 @@ def validate_predictions(
     return ValidationReport(suites=[suite])
 
 
+def validate_unknown_tokens(
+    uri: str, checkpoint: Path, split_dir: Path, max_length: int, config: ValidationConfig
+) -> ValidationReport:
+    """The eval split tokenized with the checkpoint's tokenizer (truncated as evaluation does):
+    the share of unknown tokens must stay within the recipe's bound. A tokenizer that does not
+    match the data makes every gate pass on garbage, so a failure refuses the checkpoint
+    (CheckpointRefused, not a data error: the data is fine, the checkpoint does not fit it)."""
+    import great_expectations as gx
+    import pandas as pd
+
+    from tasks.core.models import load_tokenizer
+
+    raw = _load_frame(split_dir, "eval")
+    texts = [str(t) for t in raw["text"].dropna()] if "text" in raw else []
+    tokenizer = load_tokenizer(checkpoint)
+    ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+    tokens = sum(len(row) for row in ids)
+    unknown_id, unknown_token = tokenizer.unk_token_id, str(tokenizer.unk_token)
+    unknown = sum(row.count(unknown_id) for row in ids) if unknown_id is not None else 0
+    share = unknown / tokens if tokens else 0.0
+    bound = config.max_unknown_token_share
+    frame = pd.DataFrame({"unknown": [unknown], "tokens": [tokens], "unknown_share": [share]})
+
+    def quote(index: Any, row: Any, columns: list[str]) -> str:
+        return f"{row['unknown']} of {row['tokens']} tokens are {unknown_token}"
+
+    check = _Check(
+        gx.expectations.ExpectColumnValuesToBeBetween(column="unknown_share", min_value=0, max_value=bound),
+        f"with a share of {unknown_token} tokens above {bound:.1%}",
+    )
+    target = _Frame(name="eval-unknown-tokens", frame=frame, unit="splits", quote=quote)
+    suite = _run_suite(
+        _gx_context(), "tokenizer.eval", "eval", [(target, [check])], config.max_failed_examples
+    )
+    log.info("%s", suite.summary())
+    if not suite.success:
+        raise CheckpointRefused(
+            f"checkpoint {uri}: {share:.1%} of eval tokens are {unknown_token} ({unknown} of {tokens}), "
+            f"allowed ≤ {bound:.1%} (recipe validation.max_unknown_token_share)"
+        )
+    return ValidationReport(suites=[suite])
+
+
 def write_report(report: ValidationReport, out_dir: Path) -> Path:
     """Write `validation.json` into `out_dir` (temporary file, then rename: never half-written)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -529,6 +573,9 @@ class ValidationConfig(Strict):
     min_mean_text_chars: float = Field(3, ge=0, description="Lower bound on a split's mean text length.")
     max_mean_text_chars: float = Field(500, gt=0, description="Upper bound on a split's mean text length.")
     max_failed_examples: int = Field(5, ge=0, le=100, description="Offending rows quoted per expectation.")
+    max_unknown_token_share: float = Field(
+        0.05, ge=0, le=1, description="Largest share of eval tokens the checkpoint's tokenizer maps to [UNK]."
+    )
 
     @model_validator(mode="after")
     def _ordered_bounds(self) -> ValidationConfig:

@@ -118,6 +118,8 @@ def print_summary(summary: Summary, out: Console | None = None) -> None:
         out.print(f"candidate: {summary.candidate_reason}")
         out.print(f"rule: {RULE} {BUDGET_TIMING}")
     out.print(versions_text(summary))
+    for refusal in summary.refused:
+        out.print(f"refused: {refusal.reason}", markup=False, highlight=False)
 
 
 def gate_table(result: Recheck) -> Table:

@@ -271,6 +271,27 @@ def _lineage(summary: Summary) -> str:
     return "\n".join(parts)
 
 
+def _refused(summary: Summary) -> str:
+    """Checkpoints refused before any compute, with the reason: not retried until they change."""
+    if not summary.refused:
+        return ""
+    rows = [
+        [
+            f"<td><code>{_e(r.uri)}</code></td>",
+            _td(r.reason),
+            _td(r.exit_code, "num"),
+            _td(r.refused_at.strftime("%Y-%m-%d %H:%M UTC")),
+        ]
+        for r in summary.refused
+    ]
+    note = "<p>Not retried until their files change.</p>"
+    return (
+        "<h2>Refused checkpoints</h2>\n"
+        + _table(["checkpoint", "reason", "exit code", "refused"], rows)
+        + note
+    )
+
+
 def render_html(
     summary: Summary, validation: ValidationReport | None = None, started: datetime | None = None
 ) -> str:
@@ -283,6 +304,7 @@ def render_html(
             _timing(summary),
             _chart(summary),
             _validation(validation),
+            _refused(summary),
             _lineage(summary),
         ]
     )

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from tasks.gate.evaluate import EvalMetrics
 from tasks.gate.gates import Interval
 from tasks.gate.timing import TimingTable
+from tasks.intake.refusals import Refusal
 
 
 class Row(BaseModel):
@@ -45,3 +46,4 @@ class Summary(BaseModel):
     candidate_reason: str = ""
     steps_computed: int
     steps_reused: int
+    refused: list[Refusal] = []  # checkpoints in this home refused so far, each with its reason
