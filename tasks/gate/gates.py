@@ -124,12 +124,16 @@ def recall_drops(
     return drops
 
 
-def _size_budget(name: str, value: float, budget: float, text: str) -> GateCheck:
+SIZE_REASON = "%s {value:.1f} {op} {budget:.1f} MB"
+
+
+def _budget(name: str, value: float, budget: float, reason: str) -> GateCheck:
+    """An at-most check; `reason` is a format string over `value`, `op` (≤ or >) and `budget`."""
     ok = value <= budget
     return GateCheck(
         name=name,
         passed=ok,
-        reason=f"{text} {value:.1f} {'≤' if ok else '>'} {budget:.1f} MB",
+        reason=reason.format(value=value, op="≤" if ok else ">", budget=budget),
         numbers={"value": round(value, 4), "budget": budget},
     )
 
@@ -206,11 +210,13 @@ def judge(
         )
     size_mb = metrics.size_bytes / 1e6
     if config.max_size_mb is not None:
-        checks.append(_size_budget("size", size_mb, config.max_size_mb, "size"))
+        checks.append(_budget("size", size_mb, config.max_size_mb, SIZE_REASON % "size"))
     for target in targets:
         if target.max_size_mb is not None:
             checks.append(
-                _size_budget(f"size[{target.name}]", size_mb, target.max_size_mb, f"{target.name} size")
+                _budget(
+                    f"size[{target.name}]", size_mb, target.max_size_mb, SIZE_REASON % f"{target.name} size"
+                )
             )
     if config.max_regression_vs_production is not None and production is not None:
         regression = paired_bootstrap_drop(
@@ -238,14 +244,7 @@ def judge(
 BUDGET_TIMING = "Latency budgets are judged on the median p95 of the side-by-side timing."
 
 
-def _latency_budget(name: str, p95_ms: float, budget: float, owner: str) -> GateCheck:
-    ok = p95_ms <= budget
-    return GateCheck(
-        name=name,
-        passed=ok,
-        reason=f"p95 side by side {p95_ms:.2f} ms {'≤' if ok else '>'} {budget:.2f} ms budget ({owner})",
-        numbers={"value": round(p95_ms, 4), "budget": budget},
-    )
+LATENCY_REASON = "p95 side by side {value:.2f} ms {op} {budget:.2f} ms budget (%s)"
 
 
 def latency_checks(
@@ -254,14 +253,17 @@ def latency_checks(
     """The p95 latency budgets, judged on a model's side-by-side p95 on `runtime`."""
     checks = []
     if config.max_p95_latency_ms is not None:
-        checks.append(_latency_budget("latency_p95", p95_ms, config.max_p95_latency_ms, "recipe"))
+        checks.append(_budget("latency_p95", p95_ms, config.max_p95_latency_ms, LATENCY_REASON % "recipe"))
     for target in targets:
         # Latency is measured on this machine's runtime; a budget for another runtime (TensorRT
         # on a GPU) is checked where its engine is built, not here.
         if target.max_p95_latency_ms is not None and target.runtime == runtime:
             checks.append(
-                _latency_budget(
-                    f"latency_p95[{target.name}]", p95_ms, target.max_p95_latency_ms, f"target {target.name}"
+                _budget(
+                    f"latency_p95[{target.name}]",
+                    p95_ms,
+                    target.max_p95_latency_ms,
+                    LATENCY_REASON % f"target {target.name}",
                 )
             )
     return checks
