@@ -74,12 +74,13 @@ def cmd_checkpoints_list(args: argparse.Namespace) -> int:
     for info in list_checkpoints(settings, args.prefix):
         row = info.model_dump()
         digest = known_digest(settings, info.uri, info.fingerprint)
-        refusal = refusal_of(settings, info.uri, info.fingerprint)
+        recipe_digest = recipe.digest if recipe else None
+        refusal = refusal_of(settings, info.uri, info.fingerprint, recipe_digest)
         if args.digests and refusal is None:
             try:
                 digest = fetch(settings, info.uri).digest
             except CheckpointRefused:
-                refusal = refusal_of(settings, info.uri, info.fingerprint)
+                refusal = refusal_of(settings, info.uri, info.fingerprint, recipe_digest)
         if refusal is not None:
             row |= {"state": "refused", "reason": refusal.reason}
         elif recipe is not None and digest is not None and _processed(settings, recipe, digest):
@@ -213,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--digests", action="store_true", help="fetch and verify each to show its digest")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.add_argument(
-        "--recipe", type=Path, help="recipe whose runs mark a checkpoint processed (default: new or refused)"
+        "--recipe",
+        type=Path,
+        help="recipe whose runs mark a checkpoint processed and whose refusals count (without it: new, "
+        "or refused by every recipe)",
     )
     listing.set_defaults(func=cmd_checkpoints_list)
     verify = csub.add_parser("verify", help="fetch one checkpoint, verify it, print its digest")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from tasks.cli import main
@@ -26,6 +27,7 @@ from tasks.core.settings import Settings
 from tasks.flow.pipeline import discover, run_local
 from tasks.intake.checkpoints import fetch, verify_folder
 from tasks.intake.refusals import refusals
+from tasks.recipe import load_recipe
 from tasks.report.html import render_html
 from tests.factories import VOCAB
 from tests.tiny import publish, write_tiny_recipe
@@ -582,8 +584,15 @@ def test_tokenizer_that_does_not_match_the_data_is_refused_before_mlflow(
     assert message.endswith("), allowed ≤ 5.0% (recipe validation.max_unknown_token_share)")
     (recorded,) = refusals(settings)
     assert recorded.reason == message and recorded.digest == fetch(settings, uri).digest
+    assert recorded.recipe_digest == load_recipe(recipe).digest
     assert _all_runs(settings) == (0, 0)
     assert discover(settings, recipe, "nightly") == []
+    # The refusal belongs to this recipe's data: a recipe that tolerates unknown tokens still gets it.
+    tolerant = tmp_path / "tolerant.yaml"
+    data = yaml.safe_load(recipe.read_text())
+    data["validation"] = {**data.get("validation", {}), "max_unknown_token_share": 1.0}
+    tolerant.write_text(yaml.safe_dump(data))
+    assert discover(settings, tolerant, "nightly") == [uri]
     assert main(["--home", str(settings.home), "run", "--checkpoint", uri, "--recipe", str(recipe)]) == 4
     assert _all_runs(settings) == (0, 0)
 

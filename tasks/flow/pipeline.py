@@ -33,7 +33,7 @@ from tasks.intake.checkpoints import (
     read_verified_architecture,
 )
 from tasks.intake.data import prepare_splits
-from tasks.intake.refusals import record_refusal, refusal_of, refusals
+from tasks.intake.refusals import forget_stale_refusal, record_refusal, refusal_of, refusals
 from tasks.intake.validation import REPORT as VALIDATION_REPORT
 from tasks.intake.validation import (
     ValidationReport,
@@ -109,7 +109,7 @@ def discover(settings: Settings, recipe_path: Path, prefix: str = "") -> list[st
     recipe = load_recipe(recipe_path)
     pending = []
     for info in list_checkpoints(settings, prefix):
-        refusal = refusal_of(settings, info.uri, info.fingerprint)
+        refusal = refusal_of(settings, info.uri, info.fingerprint, recipe.digest)
         if refusal:
             log.info("skipping %s: refused until it changes (%s)", info.uri, refusal.reason)
             continue
@@ -144,8 +144,10 @@ def prepare(settings: Settings, recipe_path: Path, checkpoint_uri: str, run_labe
             checkpoint.uri, checkpoint.path, split.path, recipe.dataset.max_length, recipe.validation
         )
     except CheckpointRefused as exc:
-        record_refusal(settings, checkpoint.uri, checkpoint.fingerprint, exc, checkpoint.digest)
+        uri, fingerprint = checkpoint.uri, checkpoint.fingerprint
+        record_refusal(settings, uri, fingerprint, exc, checkpoint.digest, recipe.digest)
         raise
+    forget_stale_refusal(settings, checkpoint.uri, checkpoint.fingerprint, recipe.digest)
     parent = tracking.start_parent_run(
         settings,
         recipe,

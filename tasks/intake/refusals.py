@@ -2,7 +2,10 @@
 
 One JSON record per checkpoint URI under `<home>/refused/`, holding the listing fingerprint it
 was refused with: the same listing is skipped, a changed one (a corrected checkpoint) is tried
-again, and a record that no longer matches is dropped once the checkpoint passes.
+again, and a record that no longer matches is dropped once the checkpoint passes. A refusal that
+depends on the recipe (its inputs longer than the checkpoint's positions, its eval text mostly
+unknown to the checkpoint's tokenizer) is recorded for that recipe only, so another recipe still
+gets the checkpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Refusal(BaseModel):
     uri: str
     fingerprint: str  # the listing it was refused with (keys, sizes, change tags)
     digest: str | None  # content digest, when the refusal came after the contents were verified
+    recipe_digest: str | None = None  # set when only this recipe refuses it; None: every recipe
     reason: str
     exit_code: int
     refused_at: datetime
@@ -35,18 +39,26 @@ def _folder(settings: Settings) -> Path:
     return settings.home / "refused"
 
 
-def _path(settings: Settings, uri: str) -> Path:
-    return _folder(settings) / f"{hashlib.sha256(uri.encode()).hexdigest()[:32]}.json"
+def _path(settings: Settings, uri: str, recipe_digest: str | None) -> Path:
+    scope = f"{uri}\0{recipe_digest}" if recipe_digest else uri
+    return _folder(settings) / f"{hashlib.sha256(scope.encode()).hexdigest()[:32]}.json"
 
 
 def record_refusal(
-    settings: Settings, uri: str, fingerprint: str, error: SlimlineError, digest: str | None = None
+    settings: Settings,
+    uri: str,
+    fingerprint: str,
+    error: SlimlineError,
+    digest: str | None = None,
+    recipe_digest: str | None = None,
 ) -> Refusal:
-    """Remember why `uri` was refused (temporary file, then rename: never half-written)."""
+    """Remember why `uri` was refused, by every recipe or (`recipe_digest`) by that one only
+    (temporary file, then rename: never half-written)."""
     refusal = Refusal(
         uri=uri,
         fingerprint=fingerprint,
         digest=digest,
+        recipe_digest=recipe_digest,
         reason=str(error),
         exit_code=error.exit_code,
         refused_at=datetime.now(UTC),
@@ -56,25 +68,36 @@ def record_refusal(
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".refusal.tmp-")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(refusal.model_dump_json(indent=1))
-    os.replace(tmp, _path(settings, uri))
+    os.replace(tmp, _path(settings, uri, recipe_digest))
     log.info("checkpoint %s recorded as refused", uri)
     return refusal
 
 
-def refusal_of(settings: Settings, uri: str, fingerprint: str) -> Refusal | None:
-    """The refusal of `uri` if its listing is the one that was refused."""
-    path = _path(settings, uri)
-    if not path.exists():
-        return None
-    refusal = Refusal.model_validate_json(path.read_text(encoding="utf-8"))
-    return refusal if refusal.fingerprint == fingerprint else None
+def _recorded(settings: Settings, uri: str, recipe_digest: str | None) -> Refusal | None:
+    path = _path(settings, uri, recipe_digest)
+    return Refusal.model_validate_json(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def forget_stale_refusal(settings: Settings, uri: str, fingerprint: str) -> None:
-    """Drop the record of `uri` if it was refused with another listing: it passed since."""
-    path = _path(settings, uri)
-    if path.exists() and refusal_of(settings, uri, fingerprint) is None:
-        path.unlink(missing_ok=True)
+def refusal_of(
+    settings: Settings, uri: str, fingerprint: str, recipe_digest: str | None = None
+) -> Refusal | None:
+    """The refusal of `uri` if its listing is the one that was refused: by every recipe, or by
+    the recipe `recipe_digest` when given."""
+    scopes = [None, recipe_digest] if recipe_digest else [None]
+    for refusal in (_recorded(settings, uri, scope) for scope in scopes):
+        if refusal is not None and refusal.fingerprint == fingerprint:
+            return refusal
+    return None
+
+
+def forget_stale_refusal(
+    settings: Settings, uri: str, fingerprint: str, recipe_digest: str | None = None
+) -> None:
+    """Drop the record of `uri` (for every recipe, or for `recipe_digest`) if it was refused with
+    another listing: it passed since."""
+    refusal = _recorded(settings, uri, recipe_digest)
+    if refusal is not None and refusal.fingerprint != fingerprint:
+        _path(settings, uri, recipe_digest).unlink(missing_ok=True)
         log.info("checkpoint %s changed since it was refused; refusal dropped", uri)
 
 
