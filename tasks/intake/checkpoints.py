@@ -131,7 +131,7 @@ def _read_json(uri: str, path: Path, name: str) -> object:
         raise CheckpointRefused(f"checkpoint {uri}: {name} is not valid JSON ({exc})") from exc
 
 
-def _check_config(uri: str, folder: Path) -> dict[str, object]:
+def _check_no_remote_code(uri: str, folder: Path) -> None:
     for path in sorted(folder.rglob("*.json")):
         name = path.relative_to(folder).as_posix()
         data = _read_json(uri, path, name)
@@ -140,6 +140,9 @@ def _check_config(uri: str, folder: Path) -> dict[str, object]:
                 f"checkpoint {uri}: {name} asks for remote code (auto_map); slimline never "
                 "runs code from a checkpoint"
             )
+
+
+def _read_config(uri: str, folder: Path) -> dict[str, object]:
     config = _read_json(uri, folder / "config.json", "config.json")
     if not isinstance(config, dict):
         raise CheckpointRefused(f"checkpoint {uri}: config.json is not a JSON object")
@@ -294,15 +297,17 @@ def verify_folder(uri: str, folder: Path, settings: Settings) -> tuple[str, str]
     _check_kinds(uri, open_store(folder.as_uri()).list(""))
     keys = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     _check_names(uri, keys)
-    arch = read_architecture(uri, _check_config(uri, folder), settings)
+    _check_no_remote_code(uri, folder)
+    arch = read_architecture(uri, _read_config(uri, folder), settings)
     check_tensors(uri, arch, _check_weights(uri, folder, keys))
     check_tokenizer(uri, folder, arch.model_type, arch.vocab_size)
     return content_digest({key: file_sha256(folder / key) for key in keys}), arch.model_type
 
 
 def read_verified_architecture(uri: str, folder: Path, settings: Settings) -> Architecture:
-    """The architecture of a checkpoint verified earlier (its config.json is known good)."""
-    return read_architecture(uri, _check_config(uri, folder), settings)
+    """The architecture of a checkpoint verified earlier: its config.json alone is read again, the
+    other JSON files were scanned for remote code when it was verified."""
+    return read_architecture(uri, _read_config(uri, folder), settings)
 
 
 def _fingerprint_index(settings: Settings) -> Path:
