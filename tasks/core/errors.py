@@ -88,3 +88,22 @@ class RunInProgress(SlimlineError):
 
     exit_code = 12
     transient = True
+
+
+class EngineError(SlimlineError):
+    """An engine cannot be built or loaded here: its runtime is missing, its folder is malformed,
+    or the model cannot be built for the target."""
+
+    exit_code = 13
+
+
+class EngineCheckFailed(SlimlineError):
+    """A built engine does not reproduce the registered model on the canary set; not registered."""
+
+    exit_code = 14
+
+
+class BundleRefused(SlimlineError):
+    """A release bundle failed verification: signature, a digest, its expiry or its release number."""
+
+    exit_code = 15
