@@ -41,7 +41,8 @@ class Capabilities(BaseModel):
 
 
 def _cpuinfo(text: str) -> tuple[str, list[str]]:
-    model, flags = platform.processor() or platform.machine(), []
+    model: str = platform.processor() or platform.machine()
+    flags: list[str] = []
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()

@@ -64,5 +64,5 @@ MODULES = {
 
 def runtime_of(name: str) -> Runtime:
     """The runtime module for a target's `runtime` (each module is itself a Runtime)."""
-    module: Runtime = importlib.import_module(MODULES[name])  # type: ignore[assignment]
+    module: Runtime = importlib.import_module(MODULES[name])
     return module
