@@ -166,6 +166,55 @@ def cmd_gate_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_engine_build(args: argparse.Namespace) -> int:
+    from tasks.flow.engines import build_engines
+    from tasks.report.console import console, engine_table
+
+    outcomes = build_engines(_settings(args), args.model_version, args.target)
+    console().print(engine_table(outcomes))
+    if args.json:
+        args.json.write_text(json.dumps([o.model_dump(mode="json") for o in outcomes], indent=2))
+    return 0
+
+
+def cmd_engine_list(args: argparse.Namespace) -> int:
+    from tasks.registry.engines import engines_of
+    from tasks.registry.versions import get_version, parse_version
+
+    settings = _settings(args)
+    ref = get_version(settings, *parse_version(args.model_version))
+    engines = engines_of(settings, ref)
+    if args.json:
+        print(json.dumps({t: e.model_dump() for t, e in engines.items()}, indent=2))
+        return 0
+    if not engines:
+        print(f"{ref.label}: no engines registered")
+    for target, engine in sorted(engines.items()):
+        print(
+            f"{ref.label}  {target:<20} {engine.runtime:<16} {engine.precision:<5} "
+            f"{engine.digest[:16]}  run {engine.run_id}"
+        )
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from tasks.engines.capabilities import read_capabilities, unmet
+    from tasks.engines.target import load_target, load_targets
+
+    settings = _settings(args)
+    targets = (
+        [load_target(p) for p in args.files]
+        if args.files
+        else list(load_targets(settings.targets_dir).values())
+    )
+    caps = read_capabilities()
+    for target in targets:
+        missing = unmet(target.requires, target.runtime, caps)
+        here = "this machine qualifies" if not missing else "not this machine: " + "; ".join(missing)
+        print(f"{target.name:<20} {target.runtime:<16} {target.precision:<5} {here}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slimline",
@@ -176,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     recipe_help = "recipe YAML (default $SLIMLINE_RECIPE or recipes/minilm-sentiment.yaml)"
+    version_help = (
+        "registered model and version or alias, e.g. minilm-sentiment/3 or minilm-sentiment/candidate"
+    )
     demo = sub.add_parser(
         "demo",
         help="fine-tune the demo teacher and run the nightly DAG on it through Airflow",
@@ -242,14 +294,40 @@ def build_parser() -> argparse.ArgumentParser:
         "latency budgets on the side-by-side p95, and no regression against `production`. "
         "Exit status 0 when every gate passes, 10 when one fails, other non-zero codes for errors.",
     )
-    gate_check.add_argument(
-        "--model-version",
-        required=True,
-        metavar="NAME/VERSION",
-        help="registered model and version or alias, e.g. minilm-sentiment/3 or minilm-sentiment/candidate",
-    )
+    gate_check.add_argument("--model-version", required=True, metavar="NAME/VERSION", help=version_help)
     gate_check.add_argument("--json", type=Path, help="also write the verdict and metrics as JSON here")
     gate_check.set_defaults(func=cmd_gate_check)
+
+    engine = sub.add_parser("engine", help="build engines of registered versions for target hardware")
+    esub = engine.add_subparsers(dest="action", required=True, metavar="ACTION")
+    engine_build = esub.add_parser(
+        "build",
+        help="build, check and register a version's engines (exit 13 cannot build, 14 check failed)",
+        description="Build NAME/VERSION's engine for each --target (default: the targets of the recipe "
+        "it was produced with) through the artifact cache, check it on the canary set (the first "
+        "examples of the evaluation split: label agreement and largest logit difference against the "
+        "registered model; batch-1 latency and throughput when this machine is the target's kind), and "
+        "record it in MLflow against the version. A build whose check fails is not recorded.",
+    )
+    engine_build.add_argument("--model-version", required=True, metavar="NAME/VERSION", help=version_help)
+    engine_build.add_argument(
+        "--target", action="append", metavar="TARGET", help="target name (targets/TARGET.yaml); repeatable"
+    )
+    engine_build.add_argument("--json", type=Path, help="also write the outcomes as JSON here")
+    engine_build.set_defaults(func=cmd_engine_build)
+    engine_list = esub.add_parser("list", help="the engines registered for a version, by target")
+    engine_list.add_argument("--model-version", required=True, metavar="NAME/VERSION", help=version_help)
+    engine_list.add_argument("--json", action="store_true", help="print JSON")
+    engine_list.set_defaults(func=cmd_engine_list)
+
+    targets = sub.add_parser(
+        "targets",
+        help="validate target files and say whether this machine qualifies for each",
+        description="Load every target in $SLIMLINE_TARGETS_DIR (or the FILEs given), fail on the first "
+        "invalid one, and print whether this machine meets each target's requirements.",
+    )
+    targets.add_argument("files", nargs="*", type=Path, metavar="FILE", help="target YAML files")
+    targets.set_defaults(func=cmd_targets)
 
     techniques = sub.add_parser("techniques", help="list the registered techniques and their configs")
     techniques.set_defaults(func=cmd_techniques)
@@ -282,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # MLflow draws a progress bar per download on stderr; errors there must stay one line.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return int(args.func(args))
     except SlimlineError as exc:

@@ -19,7 +19,7 @@ from tasks.compress.techniques import get_technique
 from tasks.core.config import SLUG, Strict, format_errors
 from tasks.core.errors import ConfigError, SlimlineError
 from tasks.gate.evaluate import EvaluationConfig
-from tasks.gate.gates import GateConfig, Target
+from tasks.gate.gates import GateConfig, TargetBudget
 from tasks.gate.timing import TimingConfig
 from tasks.intake.data import DatasetConfig
 from tasks.intake.validation import ValidationConfig
@@ -72,7 +72,9 @@ class Recipe(Strict):
     gates: GateConfig = GateConfig()
     timing: TimingConfig = TimingConfig()
     validation: ValidationConfig = ValidationConfig()
-    targets: list[Target] = Field(min_length=1)
+    targets: list[TargetBudget] = Field(
+        min_length=1, description="Targets (targets/<name>.yaml) engines are built for, with their budgets."
+    )
     variants: list[Variant] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -84,6 +86,17 @@ class Recipe(Strict):
             duplicates = sorted({n for n in names if names.count(n) > 1})
             if duplicates:
                 raise ValueError(f"{kind} names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    @model_validator(mode="after")
+    def _timing_fits_data(self) -> Recipe:
+        # Every timed request is a distinct evaluation text, the same ones each round.
+        if self.timing.requests > self.dataset.eval_size:
+            raise ValueError(
+                f"timing.requests = {self.timing.requests} exceeds dataset.eval_size = "
+                f"{self.dataset.eval_size}; each request is a distinct evaluation text, so allowed: "
+                f"at most {self.dataset.eval_size}"
+            )
         return self
 
     @property

@@ -65,8 +65,17 @@ def test_digest_ignores_layout_but_not_content():
         ),
         (lambda d: d["dataset"].pop("labels"), "dataset.labels: field required"),
         (
-            lambda d: d["targets"][0].update(runtime="tflite"),
-            "targets.0.runtime = 'tflite': Input should be 'onnxruntime' or 'tensorrt'",
+            lambda d: d["targets"][0].update(runtime="onnxruntime"),
+            "targets.0.runtime = 'onnxruntime': Extra inputs are not permitted",
+        ),
+        (
+            lambda d: d["targets"][0].update(max_size_mb=0),
+            "targets.0.max_size_mb = 0: Input should be greater than 0",
+        ),
+        (
+            lambda d: d["timing"].update(requests=d["dataset"]["eval_size"] + 1),
+            "timing.requests = 2001 exceeds dataset.eval_size = 2000; each request is a distinct "
+            "evaluation text, so allowed: at most 2000",
         ),
         (lambda d: d.update(colour="blue"), "colour = 'blue': Extra inputs are not permitted"),
     ],

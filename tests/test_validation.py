@@ -229,7 +229,7 @@ def test_validation_config_bounds_and_recipe_section(tmp_path: Path):
         "name": "r",
         "registered_model": "m",
         "dataset": {"source": "x.csv", "labels": LABELS},
-        "targets": [{"name": "cpu", "runtime": "onnxruntime"}],
+        "targets": [{"name": "cpu-avx2"}],
         "variants": [{"name": "v", "steps": [{"technique": "export.onnx"}]}],
     }
     assert parse_recipe(data, "test").validation == ValidationConfig()

@@ -27,7 +27,7 @@ def write_tiny_recipe(folder: Path, variants: list[dict[str, Any]] | None = None
         "evaluation": {"batch_size": 16, "latency_samples": 20, "warmup": 2},
         "gates": {"max_accuracy_drop": 5.0, "bootstrap_resamples": 300, **gates},
         "timing": {"rounds": 2, "requests": 10, "warmup": 2},
-        "targets": [{"name": "cpu", "runtime": "onnxruntime", "precision": "int8"}],
+        "targets": [{"name": "cpu-avx2"}],
         "variants": [
             {"name": "onnx-fp32", "steps": [{"technique": "export.onnx"}]},
             {

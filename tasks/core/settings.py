@@ -39,6 +39,13 @@ class Settings(BaseSettings):
         default=Path(__file__).resolve().parents[2] / "recipes" / "minilm-sentiment.yaml",
         description="Recipe the scheduled DAG runs when a run names none.",
     )
+    targets_dir: Path = Field(
+        default=Path(__file__).resolve().parents[2] / "targets",
+        description="Folder of target files (<name>.yaml): the kinds of device engines are built for.",
+    )
+    canary_examples: int = Field(
+        default=64, ge=8, le=2048, description="Evaluation examples in the canary set engines are checked on."
+    )
     max_checkpoint_bytes: int = Field(
         default=4 * 1024**3, description="Largest checkpoint slimline will fetch, in bytes."
     )
@@ -103,6 +110,8 @@ class Settings(BaseSettings):
             "SLIMLINE_ARTIFACT_ROOT": self.mlflow_artifact_root,
             "SLIMLINE_NIGHTLY_SCHEDULE": self.nightly_schedule,
             "SLIMLINE_RECIPE": str(self.recipe),
+            "SLIMLINE_TARGETS_DIR": str(self.targets_dir),
+            "SLIMLINE_CANARY_EXAMPLES": str(self.canary_examples),
             "SLIMLINE_REGISTERED_MODEL_PREFIX": self.registered_model_prefix,
             "SLIMLINE_MAX_CHECKPOINT_BYTES": str(self.max_checkpoint_bytes),
             "SLIMLINE_MAX_LAYERS": str(self.max_layers),

@@ -128,6 +128,9 @@ def unmet(requires: Requirements, runtime: Runtime, caps: Capabilities) -> list[
     missing = [f for f in requires.cpu_flags if f not in caps.cpu_flags]
     if missing:
         reasons.append(f"CPU lacks {', '.join(missing)}")
+    extra = [f for f in requires.cpu_flags_absent if f in caps.cpu_flags]
+    if extra:
+        reasons.append(f"CPU has {', '.join(extra)}, which the engine's layout was not built for")
     version = caps.runtimes.get(runtime)
     if version is None:
         reasons.append(

@@ -75,6 +75,10 @@ class Requirements(Strict):
     cpu_flags: list[str] = Field(
         default_factory=list, description="CPU ISA flags as /proc/cpuinfo names them, e.g. avx2."
     )
+    cpu_flags_absent: list[str] = Field(
+        default_factory=list,
+        description="CPU flags the device must NOT have (an engine laid out for a narrower vector ISA).",
+    )
     runtime_version: VersionRange = Field(
         default_factory=VersionRange, description="Versions of the runtime that may load the engine."
     )
@@ -84,7 +88,7 @@ class Requirements(Strict):
     cuda: VersionRange | None = Field(None, description="CUDA versions the engine's runtime needs.")
     min_driver: str | None = Field(None, description="Lowest NVIDIA driver version, e.g. 550.")
 
-    @field_validator("cpu_flags")
+    @field_validator("cpu_flags", "cpu_flags_absent")
     @classmethod
     def _flags(cls, flags: list[str]) -> list[str]:
         bad = [f for f in flags if not f.replace("_", "").isalnum() or f != f.lower()]
@@ -198,3 +202,9 @@ def get_target(directory: Path, name: str) -> Target:
         allowed = ", ".join(sorted(load_targets(directory))) or "none"
         raise ConfigError(f"no target {name!r} in {directory}; allowed: {allowed}")
     return load_target(path)
+
+
+def resolve_targets(directory: Path, names: list[str]) -> dict[str, Target]:
+    """The targets a recipe or fleet names, each loaded and validated; an unknown name fails with
+    the names that exist."""
+    return {name: get_target(directory, name) for name in names}

@@ -20,6 +20,7 @@ from tasks.core.locks import run_lock
 from tasks.core.models import ModelRef, model_size_bytes
 from tasks.core.settings import Settings
 from tasks.core.version import code_commit
+from tasks.engines.target import resolve_targets
 from tasks.flow.sidebyside import Entrant, record, time_and_choose, timed_verdict
 from tasks.gate.evaluate import PREDICTIONS, evaluate, metrics_of, read_predictions
 from tasks.gate.gates import ProductionReference, Verdict, judge
@@ -46,6 +47,7 @@ from tasks.registry import tracking
 from tasks.registry.versions import (
     RECIPE_ARTIFACT,
     Recheck,
+    VersionRef,
     evaluate_version,
     fetch_version,
     get_version,
@@ -135,6 +137,9 @@ def prepare(settings: Settings, recipe_path: Path, checkpoint_uri: str, run_labe
     the registry. Failed data validation is logged to the parent run, which ends FAILED (so the
     next night tries the checkpoint again), and raises DataValidationError before any compute."""
     recipe = load_recipe(recipe_path)
+    resolve_targets(
+        settings.targets_dir, [t.name for t in recipe.targets]
+    )  # a bad target fails before any work
     checkpoint = fetch(settings, checkpoint_uri)
     split = prepare_splits(settings, recipe.dataset)
     try:
@@ -310,6 +315,23 @@ def gate_verdict(
     return verdict, validation
 
 
+def version_recipe(settings: Settings, ref: VersionRef) -> Recipe:
+    """The recipe a version was produced with, from its parent run (cached by digest)."""
+    missing = [k for k in ("parent_run_id", "recipe_digest") if k not in ref.lineage]
+    if missing:
+        raise ConfigError(
+            f"{ref.label} lacks lineage tags {', '.join(missing)}; it was not registered by slimline"
+        )
+    recipe_path = settings.cache_dir / "recipes" / f"{ref.lineage['recipe_digest']}.yaml"
+    if not recipe_path.exists():
+        recipe_path.parent.mkdir(parents=True, exist_ok=True)
+        text = tracking.load_text(settings, ref.lineage["parent_run_id"], RECIPE_ARTIFACT)
+        staging = recipe_path.with_suffix(f".tmp-{uuid.uuid4().hex}")
+        staging.write_text(text, encoding="utf-8")
+        staging.replace(recipe_path)
+    return load_checked_recipe(recipe_path, ref.lineage["recipe_digest"])
+
+
 def recheck_version(settings: Settings, model_version: str) -> Recheck:
     """Judge NAME/VERSION again: its recipe from its parent run, its checkpoint from the store
     (the digest must still match), the data split, the baseline and the version evaluated and
@@ -325,14 +347,7 @@ def recheck_version(settings: Settings, model_version: str) -> Recheck:
         raise ConfigError(
             f"{ref.label} lacks lineage tags {', '.join(missing)}; it was not registered by slimline"
         )
-    recipe_path = settings.cache_dir / "recipes" / f"{lineage['recipe_digest']}.yaml"
-    if not recipe_path.exists():
-        recipe_path.parent.mkdir(parents=True, exist_ok=True)
-        text = tracking.load_text(settings, lineage["parent_run_id"], RECIPE_ARTIFACT)
-        staging = recipe_path.with_suffix(f".tmp-{uuid.uuid4().hex}")
-        staging.write_text(text, encoding="utf-8")
-        staging.replace(recipe_path)
-    recipe = load_checked_recipe(recipe_path, lineage["recipe_digest"])
+    recipe = version_recipe(settings, ref)
     checkpoint = fetch(settings, lineage["checkpoint_uri"])
     if checkpoint.digest != lineage["checkpoint_digest"]:
         raise ConfigError(
@@ -349,7 +364,7 @@ def recheck_version(settings: Settings, model_version: str) -> Recheck:
     )
     return Recheck(
         version=ref,
-        verdict=timed_verdict(recipe, verdict, table, ref.label),
+        verdict=timed_verdict(settings, recipe, verdict, table, ref.label),
         timing=table,
         metrics=metrics_of(evaluation),
         baseline=metrics_of(baseline),

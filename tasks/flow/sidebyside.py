@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from tasks.core.artifacts import StepResult
 from tasks.core.models import ModelRef
 from tasks.core.settings import Settings
+from tasks.engines.target import resolve_targets
 from tasks.gate.candidate import RULE, Choice, Contender, choose_candidate, registration_order
 from tasks.gate.evaluate import EvalMetrics
 from tasks.gate.gates import Verdict, latency_checks, with_checks
@@ -37,10 +38,19 @@ class SideBySide(BaseModel):
     order: list[str]  # the variants still passing, in registration order (candidate last)
 
 
-def timed_verdict(recipe: Recipe, verdict: Verdict, table: TimingTable, name: str) -> Verdict:
-    """`verdict` with the recipe's latency budgets judged on `name`'s side-by-side p95."""
+def timed_verdict(
+    settings: Settings, recipe: Recipe, verdict: Verdict, table: TimingTable, name: str
+) -> Verdict:
+    """`verdict` with the recipe's latency budgets judged on `name`'s side-by-side p95: the
+    recipe-wide budget, and those of the CPU targets when the timing ran ONNX Runtime here."""
     row = table.of(name)
-    return with_checks(verdict, latency_checks(recipe.gates, recipe.targets, row.runtime, row.p95_ms))
+    targets = resolve_targets(settings.targets_dir, [t.name for t in recipe.targets])
+    timed_here = [
+        t
+        for t in recipe.targets
+        if row.runtime == "onnxruntime" and targets[t.name].runtime == "onnxruntime-cpu"
+    ]
+    return with_checks(verdict, latency_checks(recipe.gates, timed_here, row.p95_ms))
 
 
 def time_and_choose(
@@ -50,7 +60,7 @@ def time_and_choose(
     that table and choose the candidate among those still passing."""
     timed = [baseline, *(TimedModel(name=e.name, model=e.model, key=e.key) for e in entrants)]
     table, step = time_side_by_side(settings, timed, split, recipe.dataset.max_length, recipe.timing)
-    verdicts = {e.name: timed_verdict(recipe, e.verdict, table, e.name) for e in entrants}
+    verdicts = {e.name: timed_verdict(settings, recipe, e.verdict, table, e.name) for e in entrants}
     contenders = [
         Contender(
             name=e.name, accuracy=e.metrics.accuracy, size_bytes=e.metrics.size_bytes, timing=table.of(e.name)

@@ -10,6 +10,7 @@ from rich.table import Table
 from tasks.gate.candidate import RULE
 from tasks.gate.gates import BUDGET_TIMING, Interval
 from tasks.gate.timing import TimingTable
+from tasks.registry.engines import EngineOutcome
 from tasks.registry.versions import Recheck
 from tasks.report.summary import Row, Summary
 
@@ -136,4 +137,44 @@ def gate_table(result: Recheck) -> Table:
         table.add_column(column)
     for check in result.verdict.checks:
         table.add_row(check.name, "[green]pass[/]" if check.passed else "[red]FAIL[/]", check.reason)
+    return table
+
+
+def engine_table(outcomes: list[EngineOutcome]) -> Table:
+    """One row per (version, target): what happened and the canary check's figures."""
+    table = Table(title="engines", title_justify="left")
+    for column in (
+        "version",
+        "target",
+        "status",
+        "size MB",
+        "build s",
+        "agreement",
+        "max Δlogit",
+        "p50 ms",
+        "p95 ms",
+        "seq/s",
+    ):
+        table.add_column(column, justify="right" if column not in ("version", "target", "status") else "left")
+    for o in outcomes:
+        check = o.check
+
+        def fmt(value: float | None, spec: str) -> str:
+            return "—" if value is None else format(value, spec)
+
+        table.add_row(
+            o.model_version,
+            o.target,
+            o.status if o.status in ("built", "reused") else f"{o.status}: {o.reason}",
+            fmt(o.size_bytes / 1e6 if o.size_bytes is not None else None, ".2f"),
+            fmt(o.build_seconds, ".1f"),
+            fmt(check.agreement if check else None, ".4f"),
+            fmt(check.max_logit_diff if check else None, ".3g"),
+            fmt(check.latency_p50_ms if check else None, ".2f"),
+            fmt(check.latency_p95_ms if check else None, ".2f"),
+            fmt(check.throughput_per_s if check else None, ",.0f"),
+        )
+    notes = sorted({o.check.timing_note for o in outcomes if o.check and o.check.timing_note})
+    if notes:
+        table.caption = "; ".join(notes)
     return table

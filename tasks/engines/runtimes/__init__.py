@@ -1,0 +1,1 @@
+"""One module per engine runtime, each a `tasks.engines.runtime.Runtime`; imported only when used."""

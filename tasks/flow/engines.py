@@ -1,0 +1,146 @@
+"""Engines for registered versions: what a build starts from (the registered ONNX graph, the
+PyTorch model behind it where one reproduces it, the canary set), the builds per target, and
+their record in the registry. `slimline engine build` and the DAG's engine step call this."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tasks.core.artifacts import StepResult, load_manifest
+from tasks.core.digests import file_sha256
+from tasks.core.errors import EngineCheckFailed, EngineError
+from tasks.core.models import ONNX_FILE
+from tasks.core.settings import Settings
+from tasks.engines.build import build_engine
+from tasks.engines.canary import canary_step
+from tasks.engines.info import read_info
+from tasks.engines.runtime import BuildSource
+from tasks.engines.target import resolve_targets
+from tasks.flow.pipeline import version_recipe
+from tasks.intake.checkpoints import fetch
+from tasks.intake.data import prepare_splits
+from tasks.registry.engines import EngineOutcome, record_engine
+from tasks.registry.versions import VersionRef, fetch_version, get_version, parse_version, version_key
+
+log = logging.getLogger(__name__)
+
+EXPORT = "export.onnx"
+# Steps after export that leave the exported network's function as it was (graph fusions), so the
+# PyTorch model before export still stands for the registered graph on a GPU.
+FUNCTION_PRESERVING = frozenset({"optimize.ort_fusions"})
+
+
+def torch_model_of(settings: Settings, ref: VersionRef) -> tuple[Path | None, str]:
+    """The PyTorch folder exported to the version's graph, if no later step changed what the graph
+    computes; else None and why. Found through the step manifests in the local artifact cache."""
+    steps = [s.strip() for s in ref.lineage.get("steps", "").split(">") if s.strip()]
+    if EXPORT not in steps:
+        return None, f"{ref.label} was not exported by {EXPORT}"
+    export = steps.index(EXPORT)
+    changed = [s for s in steps[export + 1 :] if s not in FUNCTION_PRESERVING]
+    if changed:
+        return None, (
+            f"{ref.label} applies {', '.join(changed)} after export, which no PyTorch program reproduces; "
+            "build GPU targets from a floating-point variant"
+        )
+    key = ref.lineage.get("artifact_key", "")
+    for step in reversed(steps[export:]):
+        folder = settings.artifacts_dir / f"technique_{step}" / key[:24]
+        if not (folder / "manifest.json").is_file():
+            return None, f"step {step} of {ref.label} is not in this machine's artifact cache ({folder})"
+        key = load_manifest(folder).inputs["model"]
+    if export == 0:
+        checkpoint = fetch(settings, ref.lineage["checkpoint_uri"])
+        if checkpoint.digest != key:
+            return None, f"checkpoint {checkpoint.uri} changed since {ref.label} was produced"
+        return checkpoint.path, ""
+    folder = settings.artifacts_dir / f"technique_{steps[export - 1]}" / key[:24]
+    return (folder, "") if folder.is_dir() else (None, f"{folder} is not in this machine's artifact cache")
+
+
+def build_source(settings: Settings, ref: VersionRef) -> BuildSource:
+    model = fetch_version(settings, ref)
+    if model.format != "onnx":
+        raise EngineError(
+            f"{ref.label} is a {model.format} model; engines are built from registered ONNX graphs"
+        )
+    import onnx
+
+    inputs = [i.name for i in onnx.load(str(model.path / ONNX_FILE), load_external_data=False).graph.input]
+    torch_model, _ = torch_model_of(settings, ref)
+    return BuildSource(
+        onnx=model.path / ONNX_FILE,
+        onnx_digest=file_sha256(model.path / ONNX_FILE),
+        torch_model=torch_model,
+        tokenizer_dir=model.path,
+        calibration=None,
+        inputs=inputs,
+    )
+
+
+def version_canary(settings: Settings, ref: VersionRef) -> StepResult:
+    """The canary set of a version: the first examples of its recipe's evaluation split."""
+    recipe = version_recipe(settings, ref)
+    split = prepare_splits(settings, recipe.dataset)
+    return canary_step(
+        settings,
+        fetch_version(settings, ref),
+        version_key(ref),
+        split,
+        recipe.dataset.labels,
+        recipe.dataset.max_length,
+        settings.canary_examples,
+    )
+
+
+def build_engines(
+    settings: Settings, model_version: str, target_names: list[str] | None = None, *, strict: bool = True
+) -> list[EngineOutcome]:
+    """Build, check and record the version's engine for each target (default: its recipe's).
+
+    `strict` (the CLI) raises on the first target that cannot be built or fails its check; the
+    nightly run (`strict=False`) records it as skipped or failed and goes on with the others."""
+    ref = get_version(settings, *parse_version(model_version))
+    names = target_names or [t.name for t in version_recipe(settings, ref).targets]
+    targets = resolve_targets(settings.targets_dir, names)
+    source = build_source(settings, ref)
+    if any(t.runtime != "onnxruntime-cpu" for t in targets.values()) and source.torch_model is None:
+        log.info("%s: no PyTorch model for GPU targets: %s", ref.label, torch_model_of(settings, ref)[1])
+    canary = version_canary(settings, ref)
+    outcomes = []
+    for name, target in targets.items():
+        try:
+            if target.runtime == "torch-cuda" and source.torch_model is None:
+                raise EngineError(f"target {name}: {torch_model_of(settings, ref)[1]}")
+            result = build_engine(settings, source, target, canary, ref.label, version_key(ref))
+        except EngineCheckFailed as exc:
+            if strict:
+                raise
+            outcomes.append(
+                EngineOutcome(model_version=ref.label, target=name, status="failed", reason=str(exc))
+            )
+            continue
+        except EngineError as exc:
+            if strict:
+                raise
+            outcomes.append(
+                EngineOutcome(model_version=ref.label, target=name, status="skipped", reason=str(exc))
+            )
+            continue
+        info = read_info(result.path)
+        record = record_engine(settings, ref, result.path, result.key, info)
+        outcomes.append(
+            EngineOutcome(
+                model_version=ref.label,
+                target=name,
+                status="reused" if result.reused else "built",
+                reason=info.check.reason if info.check else "",
+                record=record,
+                check=info.check,
+                size_bytes=int(result.manifest.metrics["size_bytes"]),
+                build_seconds=info.build_seconds,
+                path=result.path,
+            )
+        )
+    return outcomes
