@@ -1,0 +1,1 @@
+"""Engine runtimes, one module each (see tasks.engines.runtime.MODULES), imported only when used."""
