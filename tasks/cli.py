@@ -215,6 +215,43 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from tasks.release.keys import generate_key_pair
+
+    pair = generate_key_pair(_settings(args).signing_key, force=args.force)
+    # Where the keys are, never what the private one holds.
+    print(f"private key: {pair.private} (mode 0600; signs bundles, stays on this machine)")
+    print(f"public key:  {pair.public} (give it to devices as --trusted-key)")
+    print(f"key id:      {pair.key_id}")
+    return 0
+
+
+def cmd_release_verify(args: argparse.Namespace) -> int:
+    from tasks.release.verify import verify_bundle
+
+    release = verify_bundle(
+        args.bundle,
+        args.trusted_key,
+        signature=args.signature,
+        current_release=args.current_release,
+        fleet=args.fleet,
+    )
+    print(f"ok {args.bundle}")
+    print(f"release:  {release.release_id}")
+    print(f"fleet:    {release.fleet}")
+    print(f"number:   {release.number}")
+    print(f"model:    {release.model_version}")
+    print(f"targets:  {', '.join(sorted(release.targets))}")
+    print(f"expires:  {release.expires_at.isoformat()}")
+    return 0
+
+
+def _release_number(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a release number (0, 1, 2, ...)")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slimline",
@@ -346,6 +383,56 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, metavar="PATH", help="write the HTML here instead of <home>/reports/RUN_ID.html"
     )
     report.set_defaults(func=cmd_report)
+
+    keys = sub.add_parser("keys", help="the key pair that signs release bundles")
+    ksub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    generate = ksub.add_parser(
+        "generate",
+        help="make the release signing key pair (EC P-256) where settings say",
+        description="Write a new EC P-256 key pair: the private key at $SLIMLINE_SIGNING_KEY "
+        "(default <home>/keys/release.key; PKCS8 PEM, mode 0600, folder 0700) and the public key "
+        "beside it with `.pub` added. Prints both paths and the key id (sha256 of the public key PEM, "
+        "as model-signing records it in each signature); never the private key. Refuses to replace "
+        "an existing key unless --force.",
+    )
+    generate.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing key pair (bundles signed with the old key no longer verify with the new)",
+    )
+    generate.set_defaults(func=cmd_keys_generate)
+
+    release = sub.add_parser("release", help="signed release bundles for fleets")
+    relsub = release.add_subparsers(dest="action", required=True, metavar="ACTION")
+    release_verify = relsub.add_parser(
+        "verify",
+        help="verify a signed release bundle as a device would (exit 0 ok, 15 refused)",
+        description="Check BUNDLE against the trusted public key: the model-signing signature over "
+        "every file (an edited, swapped, added or missing file, or another signer, is refused), "
+        "release.json and each file's sha256, the expiry, and that the release number is above the "
+        "device's current one (an older release replayed is refused). Prints the release id, fleet, "
+        "number, model version and expiry; exit status 0 when it verifies, 15 with one line "
+        "naming what is wrong when it is refused.",
+    )
+    release_verify.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle folder")
+    release_verify.add_argument(
+        "--trusted-key",
+        required=True,
+        type=Path,
+        metavar="K",
+        help="public key (PEM) the bundle must be signed with",
+    )
+    release_verify.add_argument(
+        "--current-release",
+        type=_release_number,
+        metavar="N",
+        help="number of the release the device runs now; the bundle's must be greater",
+    )
+    release_verify.add_argument(
+        "--signature", type=Path, metavar="S", help="signature file (default BUNDLE.sig beside the folder)"
+    )
+    release_verify.add_argument("--fleet", metavar="F", help="the device's fleet; the bundle must be for it")
+    release_verify.set_defaults(func=cmd_release_verify)
     return parser
 
 

@@ -22,6 +22,10 @@ COMMANDS = [
     ["gate"],
     ["gate", "check"],
     ["report"],
+    ["keys"],
+    ["keys", "generate"],
+    ["release"],
+    ["release", "verify"],
 ]
 
 

@@ -64,10 +64,19 @@ class Settings(BaseSettings):
     max_positions: int = Field(
         default=8192, gt=0, description="Most position embeddings a checkpoint may declare."
     )
+    # The default follows the (validated) home; the public key is the same path plus `.pub`.
+    signing_key: Path = Field(
+        default_factory=lambda data: data["home"] / "keys" / "release.key",
+        description="Private key that signs release bundles (PEM); default <home>/keys/release.key. "
+        "It never enters a bundle, an artifact or a log.",
+    )
+    release_expiry_days: int = Field(
+        default=30, ge=1, description="Days a signed release bundle stays valid on devices."
+    )
 
-    @field_validator("home")
+    @field_validator("home", "signing_key")
     @classmethod
-    def _absolute_home(cls, value: Path) -> Path:
+    def _absolute_path(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
     @cached_property
@@ -98,6 +107,11 @@ class Settings(BaseSettings):
         return self.home / "locks"
 
     @property
+    def releases_dir(self) -> Path:
+        """Signed release bundles, `<fleet>/<number>/bundle` beside `bundle.sig` (see tasks.release)."""
+        return self.home / "releases"
+
+    @property
     def airflow_home(self) -> Path:
         return self.home / "airflow"
 
@@ -119,6 +133,8 @@ class Settings(BaseSettings):
             "SLIMLINE_MAX_INTERMEDIATE_SIZE": str(self.max_intermediate_size),
             "SLIMLINE_MAX_VOCAB_SIZE": str(self.max_vocab_size),
             "SLIMLINE_MAX_POSITIONS": str(self.max_positions),
+            "SLIMLINE_SIGNING_KEY": str(self.signing_key),
+            "SLIMLINE_RELEASE_EXPIRY_DAYS": str(self.release_expiry_days),
         }
         if self.s3_endpoint_url:
             env["SLIMLINE_S3_ENDPOINT_URL"] = self.s3_endpoint_url
