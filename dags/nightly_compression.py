@@ -1,4 +1,4 @@
-"""nightly_compression: new checkpoints → compressed variants → gates → MLflow registry.
+"""nightly_compression: new checkpoints → compressed variants → gates → MLflow registry → engines.
 
 Wiring only. Every task calls one function in `tasks.flow.pipeline`, which runs the same without
 Airflow (`slimline run`). Top-level code imports nothing heavy: the scheduler parses this often.
@@ -121,9 +121,47 @@ def nightly_compression() -> None:
             raise AirflowFailException("; ".join(incomplete))
         return published
 
+    @task
+    def plan_engines(published: list[dict[str, Any]]) -> list[dict[str, str]]:
+        from tasks.flow.engines import engine_jobs
+        from tasks.report.summary import Summary
+
+        return [
+            {"model_version": label, "target": target, "parent_run_id": summary["parent_run_id"]}
+            for summary in published
+            for label, target in engine_jobs(SETTINGS, Summary.model_validate(summary))
+        ]
+
+    # One build per registered version and recipe target: a version the target's runtime cannot
+    # build (precision) is skipped, one failing its canary check is recorded as failed and not
+    # registered; neither stops the others.
+    @task(
+        map_index_template="{{ task.op_kwargs['job']['model_version'] }} "
+        "{{ task.op_kwargs['job']['target'] }}"
+    )
+    def build_engine(job: dict[str, str]) -> dict[str, Any]:
+        from tasks.flow.engines import build_engines
+
+        with fail_fast_on_permanent_errors():
+            (outcome,) = build_engines(SETTINGS, job["model_version"], [job["target"]], strict=False)
+        return {"parent_run_id": job["parent_run_id"], "outcome": outcome.model_dump(mode="json")}
+
+    @task(**NETWORK_RETRIES)
+    def record_engines(built: list[dict[str, Any]], published: list[dict[str, Any]]) -> None:
+        from tasks.flow.engines import record_outcomes
+        from tasks.registry.engines import EngineOutcome
+
+        for summary in published:
+            run = summary["parent_run_id"]
+            outcomes = [
+                EngineOutcome.model_validate(b["outcome"]) for b in built if b["parent_run_id"] == run
+            ]
+            record_outcomes(SETTINGS, run, outcomes)
+
     checkpoints = discover()
     prepared = prepare.expand(checkpoint_uri=checkpoints)
-    publish(run_variant.expand(job=plan(prepared)), checkpoints)
+    published = publish(run_variant.expand(job=plan(prepared)), checkpoints)
+    record_engines(build_engine.expand(job=plan_engines(published)), published)
 
 
 nightly_compression()

@@ -37,11 +37,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from tasks.flow.engines import build_published_engines
     from tasks.flow.pipeline import run_local
-    from tasks.report.console import print_summary
+    from tasks.report.console import console, engine_table, print_summary
 
-    summary = run_local(_settings(args), args.recipe, args.checkpoint)
+    settings = _settings(args)
+    summary = run_local(settings, args.recipe, args.checkpoint)
     print_summary(summary)
+    console().print(engine_table(build_published_engines(settings, summary)))
     return 0
 
 
@@ -226,6 +229,20 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release_bundle(args: argparse.Namespace) -> int:
+    from tasks.flow.release import bundle_release
+    from tasks.release.bundle import RELEASE_JSON, Release, signature_path
+
+    bundle = bundle_release(_settings(args), args.model_version, args.fleet)
+    release = Release.model_validate_json((bundle / RELEASE_JSON).read_text(encoding="utf-8"))
+    print(f"bundle:    {bundle}")
+    print(f"signature: {signature_path(bundle)}")
+    print(f"release:   {release.release_id} (fleet {release.fleet}, number {release.number})")
+    print(f"targets:   {', '.join(sorted(release.targets))}")
+    print(f"expires:   {release.expires_at.isoformat()}")
+    return 0
+
+
 def cmd_release_verify(args: argparse.Namespace) -> int:
     from tasks.release.verify import verify_bundle
 
@@ -280,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="run every step for one checkpoint in this process (no Airflow)",
-        description="The DAG's work for one checkpoint, in-process, for debugging.",
+        description="The DAG's work for one checkpoint, in-process, for debugging: variants, gates, "
+        "registration, then the registered versions' engines for the recipe's targets.",
     )
     run.add_argument("--checkpoint", required=True, help="checkpoint URI (file://... or s3://...)")
     run.add_argument("--recipe", type=Path, required=True, help="recipe YAML")
@@ -404,6 +422,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     release = sub.add_parser("release", help="signed release bundles for fleets")
     relsub = release.add_subparsers(dest="action", required=True, metavar="ACTION")
+    release_bundle = relsub.add_parser(
+        "bundle",
+        help="sign a release of a version for a fleet: one engine per fleet target",
+        description="Collect NAME/VERSION's registered engines for every target of fleet F (digests "
+        "checked against the registry), the canary set with the metrics each device must reproduce, "
+        "the version's lineage, a release id, the fleet's next release number and an expiry, into "
+        "<home>/releases/F/<number>/bundle, signed with the release key (model-signing, private-key "
+        "mode) into bundle.sig beside it. Prints the bundle's path.",
+    )
+    release_bundle.add_argument("--model-version", required=True, metavar="NAME/VERSION", help=version_help)
+    release_bundle.add_argument("--fleet", required=True, metavar="F", help="fleet name (fleets/F.yaml)")
+    release_bundle.set_defaults(func=cmd_release_bundle)
     release_verify = relsub.add_parser(
         "verify",
         help="verify a signed release bundle as a device would (exit 0 ok, 15 refused)",

@@ -8,6 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tasks.core.errors import OrchestrationError
+from tasks.flow.engines import logged_outcomes
 from tasks.flow.orchestration import DAGS_DIR, airflow_environment, dags_test
 from tests.tiny import publish, write_tiny_recipe
 
@@ -35,7 +36,16 @@ def test_dag_files_import_without_errors(settings):
     ).stdout
     parsed = json.loads(out.strip().splitlines()[-1])
     assert parsed["errors"] == {}
-    assert parsed["tasks"] == ["discover", "plan", "prepare", "publish", "run_variant"]
+    assert parsed["tasks"] == [
+        "build_engine",
+        "discover",
+        "plan",
+        "plan_engines",
+        "prepare",
+        "publish",
+        "record_engines",
+        "run_variant",
+    ]
     assert parsed["schedule"] == "0 2 * * *"
     assert parsed["retries"] == 3
 
@@ -66,6 +76,18 @@ def test_nightly_dag_run_registers_with_lineage_and_is_idempotent(settings, tiny
     candidate = client.get_model_version_by_alias("tiny-sentiment", "candidate")
     assert str(candidate.version) == "2"
     assert first.peak_rss_mb > 0 and first.log_path.exists()
+    # The engine step: the INT8 version gets its cpu-avx2 engine, the FP32 one is skipped (precision).
+    by_variant = {v.tags["slimline.variant"]: v for v in versions.values()}
+    engine = json.loads(by_variant["onnx-int8-dynamic"].tags["slimline.engine.cpu-avx2"])
+    assert engine["runtime"] == "onnxruntime-cpu" and len(engine["digest"]) == 64
+    assert "slimline.engine.cpu-avx2" not in by_variant["onnx-fp32"].tags
+    outcomes = logged_outcomes(settings, by_variant["onnx-fp32"].tags["slimline.parent_run_id"])
+    assert sorted((o.model_version, o.status) for o in outcomes) == sorted(
+        [
+            (f"tiny-sentiment/{by_variant['onnx-int8-dynamic'].version}", "built"),
+            (f"tiny-sentiment/{by_variant['onnx-fp32'].version}", "skipped"),
+        ]
+    )
 
     # Nothing new in the store: the next night discovers nothing and registers nothing.
     second = dags_test(settings, "nightly_compression", {"recipe": str(recipe), "prefix": "nightly"})

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from tests.tiny import publish, write_tiny_recipe
 
 REPO_TARGETS = Path(__file__).resolve().parents[1] / "targets"
 
-CPU_TARGET = {
+CPU_TARGET: dict[str, Any] = {
     "runtime": "onnxruntime-cpu",
     "precision": "int8",
     "optimization_level": "extended",
@@ -275,3 +276,46 @@ def test_engine_cli_errors_are_one_line_with_their_exit_codes(
     assert main([*home, "engine", "list", "--model-version", versions["int8"], "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert list(listed) == ["cpu-int8"] and listed["cpu-int8"]["runtime"] == "onnxruntime-cpu"
+
+
+def test_a_release_bundle_of_registered_engines_is_signed_and_verifies(
+    registered: tuple[Settings, dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    settings, versions = registered
+    fleets = tmp_path / "fleets"
+    fleets.mkdir()
+    (fleets / "edge.yaml").write_text(yaml.safe_dump({"name": "edge", "targets": ["cpu-int8"]}))
+    settings = settings.model_copy(update={"fleets_dir": fleets})
+    env = {"SLIMLINE_TARGETS_DIR": str(settings.targets_dir), "SLIMLINE_FLEETS_DIR": str(fleets)}
+    home = ["--home", str(settings.home)]
+    version = versions["int8"]
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        # No engine yet: the bundle names what is missing and the command that builds it.
+        assert main([*home, "release", "bundle", "--model-version", version, "--fleet", "edge"]) == 2
+        err = capsys.readouterr().err
+        assert f"fleet edge needs engines for cpu-int8; {version} has none" in err
+        assert f"slimline engine build --model-version {version} --target cpu-int8" in err
+        assert main([*home, "engine", "build", "--model-version", version, "--target", "cpu-int8"]) == 0
+        assert main([*home, "release", "bundle", "--model-version", version, "--fleet", "edge"]) == 2
+        assert "no release key" in capsys.readouterr().err
+        assert main([*home, "keys", "generate"]) == 0
+        assert main([*home, "release", "bundle", "--model-version", version, "--fleet", "edge"]) == 0
+        out = capsys.readouterr().out
+    bundle = Path(out.split("bundle:")[1].split()[0])
+    assert bundle == settings.releases_dir / "edge" / "000001" / "bundle"
+    release = json.loads((bundle / "release.json").read_text())
+    assert release["model_version"] == version and release["number"] == 1 and release["fleet"] == "edge"
+    assert release["lineage"]["variant"] == "onnx-int8-dynamic"
+    assert release["canary"]["expected"]["cpu-int8"]["agreement"] == 1.0
+    public = Path(str(settings.signing_key) + ".pub")
+    assert (
+        main([*home, "release", "verify", str(bundle), "--trusted-key", str(public), "--fleet", "edge"]) == 0
+    )
+    # The same bundle against a device already on release 1: a replay.
+    code = main(
+        [*home, "release", "verify", str(bundle), "--trusted-key", str(public), "--current-release", "1"]
+    )
+    assert code == 15 and "not newer" in capsys.readouterr().err

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
         default=Path(__file__).resolve().parents[2] / "targets",
         description="Folder of target files (<name>.yaml): the kinds of device engines are built for.",
     )
+    fleets_dir: Path = Field(
+        default=Path(__file__).resolve().parents[2] / "fleets",
+        description="Folder of fleet files (<name>.yaml): device groups and the targets they may be.",
+    )
     canary_examples: int = Field(
         default=64, ge=8, le=2048, description="Evaluation examples in the canary set engines are checked on."
     )
@@ -125,6 +129,7 @@ class Settings(BaseSettings):
             "SLIMLINE_NIGHTLY_SCHEDULE": self.nightly_schedule,
             "SLIMLINE_RECIPE": str(self.recipe),
             "SLIMLINE_TARGETS_DIR": str(self.targets_dir),
+            "SLIMLINE_FLEETS_DIR": str(self.fleets_dir),
             "SLIMLINE_CANARY_EXAMPLES": str(self.canary_examples),
             "SLIMLINE_REGISTERED_MODEL_PREFIX": self.registered_model_prefix,
             "SLIMLINE_MAX_CHECKPOINT_BYTES": str(self.max_checkpoint_bytes),

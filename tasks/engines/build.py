@@ -20,7 +20,7 @@ from tasks.engines.canary import read_canary
 from tasks.engines.capabilities import read_capabilities, unmet
 from tasks.engines.check import check_engine
 from tasks.engines.info import ENGINE_JSON, EngineInfo, read_info, write_info
-from tasks.engines.runtime import BuildSource, runtime_of
+from tasks.engines.runtime import BuildSource, Runtime
 from tasks.engines.target import Requirements, Target
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,24 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
     "vocab.txt",
 )
+
+
+def runtime_of(name: str) -> Runtime:
+    """The runtime module for a target's `runtime` (each module is itself a Runtime). Each import
+    is written out, so the code key of a build covers every runtime's code."""
+    if name == "onnxruntime-cpu":
+        from tasks.engines.runtimes import ort_cpu
+
+        return ort_cpu
+    if name == "torch-cuda":
+        from tasks.engines.runtimes import torch_cuda
+
+        return torch_cuda
+    if name == "tensorrt":
+        from tasks.engines.runtimes import tensorrt
+
+        return tensorrt
+    raise EngineError(f"unknown runtime {name!r}; allowed: onnxruntime-cpu, torch-cuda, tensorrt")
 
 
 def merged_requirements(target: Requirements, built: dict[str, object]) -> Requirements:

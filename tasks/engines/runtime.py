@@ -1,6 +1,6 @@
 """What every engine runtime provides: build an engine folder from a registered model, and load
-one as a predictor. Runtimes are modules under `tasks.engines.runtimes`, imported only when used,
-so a device needs only its own runtime installed."""
+one as a predictor. Runtimes are modules under `tasks.engines.runtimes` (`tasks.engines.build.
+runtime_of` imports the one a target names, so a device needs only its own runtime installed)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Protocol
 import numpy as np
 from pydantic import BaseModel
 
-from tasks.core.errors import EngineError
 from tasks.engines.info import EngineInfo
 from tasks.engines.target import Target
 
@@ -53,21 +52,3 @@ class Runtime(Protocol):
     def version(self) -> str | None:
         """The installed runtime's version, or None when it is not installed here."""
         ...
-
-
-def runtime_of(name: str) -> Runtime:
-    """The runtime module for a target's `runtime` (each module is itself a Runtime). Each import
-    is written out, so the code key of a build covers every runtime's code."""
-    if name == "onnxruntime-cpu":
-        from tasks.engines.runtimes import ort_cpu
-
-        return ort_cpu
-    if name == "torch-cuda":
-        from tasks.engines.runtimes import torch_cuda
-
-        return torch_cuda
-    if name == "tensorrt":
-        from tasks.engines.runtimes import tensorrt
-
-        return tensorrt
-    raise EngineError(f"unknown runtime {name!r}; allowed: onnxruntime-cpu, torch-cuda, tensorrt")

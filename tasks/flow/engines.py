@@ -20,8 +20,10 @@ from tasks.engines.target import resolve_targets
 from tasks.flow.pipeline import version_recipe
 from tasks.intake.checkpoints import fetch
 from tasks.intake.data import prepare_splits
+from tasks.registry import tracking
 from tasks.registry.engines import EngineOutcome, record_engine
 from tasks.registry.versions import VersionRef, fetch_version, get_version, parse_version, version_key
+from tasks.report.summary import Summary
 
 log = logging.getLogger(__name__)
 
@@ -143,4 +145,42 @@ def build_engines(
                 path=result.path,
             )
         )
+    return outcomes
+
+
+ENGINES_ARTIFACT = "engines.json"
+
+
+def engine_jobs(settings: Settings, summary: Summary) -> list[tuple[str, str]]:
+    """(NAME/VERSION, target) for every version a published run registered or found, and every
+    target of its recipe: the nightly run's engine builds."""
+    labels = [f"{summary.registered_model}/{row.version}" for row in summary.rows if row.version]
+    if not labels:
+        return []
+    recipe = version_recipe(settings, get_version(settings, *parse_version(labels[0])))
+    return [(label, target.name) for label in labels for target in recipe.targets]
+
+
+def record_outcomes(settings: Settings, parent_run_id: str, outcomes: list[EngineOutcome]) -> None:
+    """The night's engine outcomes on its parent run, for the report and the demo."""
+    tracking.log_json(
+        settings, parent_run_id, ENGINES_ARTIFACT, {"engines": [o.model_dump(mode="json") for o in outcomes]}
+    )
+
+
+def logged_outcomes(settings: Settings, parent_run_id: str) -> list[EngineOutcome]:
+    if not tracking.has_artifact(settings, parent_run_id, ENGINES_ARTIFACT):
+        return []
+    logged = tracking.load_json(settings, parent_run_id, ENGINES_ARTIFACT)
+    return [EngineOutcome.model_validate(o) for o in logged["engines"]]
+
+
+def build_published_engines(settings: Settings, summary: Summary) -> list[EngineOutcome]:
+    """Every engine of a published run (see `engine_jobs`), built or skipped, recorded on its run."""
+    outcomes = [
+        outcome
+        for label, target in engine_jobs(settings, summary)
+        for outcome in build_engines(settings, label, [target], strict=False)
+    ]
+    record_outcomes(settings, summary.parent_run_id, outcomes)
     return outcomes

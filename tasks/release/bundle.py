@@ -68,7 +68,7 @@ class CanaryExpectation(Strict):
     max_logit_diff: float = Field(ge=0, description="Largest absolute logit difference seen.")
 
 
-class Canary(Strict):
+class ReleaseCanary(Strict):
     model_config = _STRICT
 
     file: str = Field(description="The canary set's path inside the bundle (canary/<name>).")
@@ -100,7 +100,7 @@ class Release(Strict):
     model_version: str = Field(pattern=MODEL_VERSION, description="NAME/VERSION in the registry.")
     lineage: dict[str, str] = Field(description="The model version's lineage tags.")
     targets: dict[str, str] = Field(description="Target → its engine folder in the bundle.")
-    canary: Canary
+    canary: ReleaseCanary
     files: dict[str, Sha256] = Field(description="Every file of the bundle but release.json → sha256.")
     signer_key_id: Sha256
 
@@ -336,7 +336,7 @@ def write_bundle(
             model_version=model_version,
             lineage=dict(lineage),
             targets={t: f"{ENGINES}/{t}" for t in sorted(engines)},
-            canary=Canary(file=canary_name, expected={t: _expectation(i) for t, i in infos.items()}),
+            canary=ReleaseCanary(file=canary_name, expected={t: _expectation(i) for t, i in infos.items()}),
             files=dict(sorted(files.items())),
             signer_key_id=signer,
         )

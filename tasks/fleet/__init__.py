@@ -1,0 +1,1 @@
+"""Fleets: the devices a release goes to, and how it gets there."""

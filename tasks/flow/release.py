@@ -1,0 +1,47 @@
+"""A signed release of a registered version for a fleet: its engines for every target of the
+fleet (from the registry, digests checked), its canary set and lineage, in a bundle signed with
+the release key. `slimline release bundle` calls this."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from tasks.core.errors import ConfigError
+from tasks.core.settings import Settings
+from tasks.engines.canary import CANARY_FILE
+from tasks.fleet.spec import get_fleet
+from tasks.flow.engines import version_canary
+from tasks.registry.engines import ENGINE_TAG, engines_of, fetch_engine
+from tasks.registry.versions import get_version, parse_version
+from tasks.release.bundle import write_bundle
+
+
+def bundle_release(settings: Settings, model_version: str, fleet_name: str) -> Path:
+    """Write and sign the fleet's next release of `model_version`; return the bundle folder."""
+    fleet = get_fleet(settings.fleets_dir, fleet_name)
+    ref = get_version(settings, *parse_version(model_version))
+    registered = engines_of(settings, ref)
+    missing = [t for t in fleet.targets if t not in registered]
+    if missing:
+        have = ", ".join(sorted(registered)) or "none"
+        raise ConfigError(
+            f"fleet {fleet.name} needs engines for {', '.join(fleet.targets)}; {ref.label} has {have}; "
+            f"build them with: slimline engine build --model-version {ref.label} "
+            + " ".join(f"--target {t}" for t in missing)
+        )
+    if not settings.signing_key.is_file():
+        raise ConfigError(f"no release key at {settings.signing_key}; make one with: slimline keys generate")
+    engines = {t: fetch_engine(settings, registered[t]) for t in fleet.targets}
+    lineage = {k: v for k, v in ref.lineage.items() if not k.startswith(ENGINE_TAG)}
+    days = fleet.release_expiry_days or settings.release_expiry_days
+    return write_bundle(
+        settings.releases_dir,
+        fleet=fleet.name,
+        model_version=ref.label,
+        lineage=lineage,
+        engines=engines,
+        canary=version_canary(settings, ref).path / CANARY_FILE,
+        private_key=settings.signing_key,
+        expires_in=timedelta(days=days),
+    )
