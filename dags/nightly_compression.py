@@ -127,7 +127,12 @@ def nightly_compression() -> None:
         from tasks.report.summary import Summary
 
         return [
-            {"model_version": label, "target": target, "parent_run_id": summary["parent_run_id"]}
+            {
+                "model_version": label,
+                "target": target,
+                "parent_run_id": summary["parent_run_id"],
+                "recipe_digest": summary["recipe_digest"],
+            }
             for summary in published
             for label, target in engine_jobs(SETTINGS, Summary.model_validate(summary))
         ]
@@ -141,9 +146,13 @@ def nightly_compression() -> None:
     )
     def build_engine(job: dict[str, str]) -> dict[str, Any]:
         from tasks.flow.engines import build_engines
+        from tasks.flow.pipeline import logged_recipe
 
         with fail_fast_on_permanent_errors():
-            (outcome,) = build_engines(SETTINGS, job["model_version"], [job["target"]], strict=False)
+            recipe = logged_recipe(SETTINGS, job["parent_run_id"], job["recipe_digest"])
+            (outcome,) = build_engines(
+                SETTINGS, job["model_version"], [job["target"]], recipe=recipe, strict=False
+            )
         return {"parent_run_id": job["parent_run_id"], "outcome": outcome.model_dump(mode="json")}
 
     @task(**NETWORK_RETRIES)

@@ -171,9 +171,11 @@ def cmd_gate_check(args: argparse.Namespace) -> int:
 
 def cmd_engine_build(args: argparse.Namespace) -> int:
     from tasks.flow.engines import build_engines
+    from tasks.recipe import load_recipe
     from tasks.report.console import console, engine_table
 
-    outcomes = build_engines(_settings(args), args.model_version, args.target)
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    outcomes = build_engines(_settings(args), args.model_version, args.target, recipe=recipe)
     console().print(engine_table(outcomes))
     if args.json:
         args.json.write_text(json.dumps([o.model_dump(mode="json") for o in outcomes], indent=2))
@@ -367,6 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     engine_build.add_argument("--model-version", required=True, metavar="NAME/VERSION", help=version_help)
     engine_build.add_argument(
         "--target", action="append", metavar="TARGET", help="target name (targets/TARGET.yaml); repeatable"
+    )
+    engine_build.add_argument(
+        "--recipe",
+        type=Path,
+        help="recipe whose evaluation split gives the canary set and whose targets are the default "
+        "(default: the recipe the version was produced with, as logged on its parent run)",
     )
     engine_build.add_argument("--json", type=Path, help="also write the outcomes as JSON here")
     engine_build.set_defaults(func=cmd_engine_build)

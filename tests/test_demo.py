@@ -14,6 +14,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from tasks.engines.capabilities import read_capabilities
 from tasks.recipe import load_recipe
 
 SLIMLINE = str(Path(sys.executable).with_name("slimline"))
@@ -79,12 +80,26 @@ def test_demo_end_to_end_and_rerun_does_no_work(tmp_path):
     if passing:
         candidate = client.get_model_version_by_alias("minilm-sentiment", "candidate")
         assert candidate.tags["slimline.checkpoint_uri"] == first["checkpoint_uri"]
+    # The engine step: every registered version for both CPU targets; the candidate (INT8) built
+    # and reproducing the registered model on the canary set wherever this machine can build it.
+    outcomes = {(o["model_version"], o["target"]): o for o in first["engines"]}
+    assert len(outcomes) == 2 * len(passing)
+    if passing:
+        flags = read_capabilities().cpu_flags
+        for target in ("cpu-avx512-vnni", "cpu-avx2"):
+            outcome = outcomes[(f"minilm-sentiment/{summary['candidate']}", target)]
+            buildable = target == "cpu-avx2" or {"avx512f", "avx512_vnni"} <= set(flags)
+            assert outcome["status"] == ("built" if buildable else "skipped"), outcome["reason"]
+            if buildable:
+                assert outcome["check"]["agreement"] >= 0.98 and outcome["check"]["latency_p50_ms"] > 0
+        assert "engines" in out
 
     second, _ = run_demo(home, tmp_path / "second.json")
     assert second["teacher_cached"] is True
     assert second["summary"]["steps_computed"] == 0
     assert second["summary"]["new_versions"] == []
     assert len(client.search_model_versions("name = 'minilm-sentiment'")) == len(passing)
+    assert {o["status"] for o in second["engines"]} <= {"reused", "skipped"}
     print(
         f"\ndemo: first {first['total_seconds']}s (DAG {first['dag_run']['seconds']}s, "
         f"peak {first['dag_run']['peak_rss_mb']} MB); second {second['total_seconds']}s "

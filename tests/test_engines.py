@@ -319,3 +319,24 @@ def test_a_release_bundle_of_registered_engines_is_signed_and_verifies(
         [*home, "release", "verify", str(bundle), "--trusted-key", str(public), "--current-release", "1"]
     )
     assert code == 15 and "not newer" in capsys.readouterr().err
+
+
+def test_the_all_level_is_refused_for_a_target_this_machine_is_not(
+    registered: tuple[Settings, dict[str, str]],
+):
+    settings, versions = registered
+    # Knights Mill's flag: absent from every current CPU, so the build machine cannot stand for it.
+    write_target(
+        settings.targets_dir,
+        "cpu-knm",
+        precision="fp32",
+        optimization_level="all",
+        requires={"cpu_flags": ["avx512_4vnniw"]},
+    )
+    with pytest.raises(
+        EngineError, match="build machine's CPU, which lacks avx512_4vnniw; build it on a cpu-knm"
+    ):
+        build_engines(settings, versions["fp32"], ["cpu-knm"])
+    assert not (settings.artifacts_dir / "engine_cpu-knm").exists() or not [
+        p for p in (settings.artifacts_dir / "engine_cpu-knm").iterdir() if not p.name.startswith(".")
+    ]

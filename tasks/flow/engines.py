@@ -17,9 +17,10 @@ from tasks.engines.canary import canary_step
 from tasks.engines.info import read_info
 from tasks.engines.runtime import BuildSource
 from tasks.engines.target import resolve_targets
-from tasks.flow.pipeline import version_recipe
+from tasks.flow.pipeline import logged_recipe, version_recipe
 from tasks.intake.checkpoints import fetch
 from tasks.intake.data import prepare_splits
+from tasks.recipe import Recipe
 from tasks.registry import tracking
 from tasks.registry.engines import EngineOutcome, record_engine
 from tasks.registry.versions import VersionRef, fetch_version, get_version, parse_version, version_key
@@ -81,9 +82,10 @@ def build_source(settings: Settings, ref: VersionRef) -> BuildSource:
     )
 
 
-def version_canary(settings: Settings, ref: VersionRef) -> StepResult:
-    """The canary set of a version: the first examples of its recipe's evaluation split."""
-    recipe = version_recipe(settings, ref)
+def version_canary(settings: Settings, ref: VersionRef, recipe: Recipe | None = None) -> StepResult:
+    """The canary set of a version: the first examples of the evaluation split of `recipe`
+    (default: the recipe it was produced with)."""
+    recipe = recipe or version_recipe(settings, ref)
     split = prepare_splits(settings, recipe.dataset)
     return canary_step(
         settings,
@@ -97,19 +99,28 @@ def version_canary(settings: Settings, ref: VersionRef) -> StepResult:
 
 
 def build_engines(
-    settings: Settings, model_version: str, target_names: list[str] | None = None, *, strict: bool = True
+    settings: Settings,
+    model_version: str,
+    target_names: list[str] | None = None,
+    *,
+    recipe: Recipe | None = None,
+    strict: bool = True,
 ) -> list[EngineOutcome]:
-    """Build, check and record the version's engine for each target (default: its recipe's).
+    """Build, check and record the version's engine for each target (default: the recipe's).
+    `recipe` (default: the one the version was produced with) gives the canary set's data and
+    the default targets; a nightly run passes its own, which may have found an earlier version
+    of the same model.
 
     `strict` (the CLI) raises on the first target that cannot be built or fails its check; the
     nightly run (`strict=False`) records it as skipped or failed and goes on with the others."""
     ref = get_version(settings, *parse_version(model_version))
-    names = target_names or [t.name for t in version_recipe(settings, ref).targets]
+    recipe = recipe or version_recipe(settings, ref)
+    names = target_names or [t.name for t in recipe.targets]
     targets = resolve_targets(settings.targets_dir, names)
     source = build_source(settings, ref)
     if any(t.runtime != "onnxruntime-cpu" for t in targets.values()) and source.torch_model is None:
         log.info("%s: no PyTorch model for GPU targets: %s", ref.label, torch_model_of(settings, ref)[1])
-    canary = version_canary(settings, ref)
+    canary = version_canary(settings, ref, recipe)
     outcomes = []
     for name, target in targets.items():
         try:
@@ -154,10 +165,8 @@ ENGINES_ARTIFACT = "engines.json"
 def engine_jobs(settings: Settings, summary: Summary) -> list[tuple[str, str]]:
     """(NAME/VERSION, target) for every version a published run registered or found, and every
     target of its recipe: the nightly run's engine builds."""
+    recipe = logged_recipe(settings, summary.parent_run_id, summary.recipe_digest)
     labels = [f"{summary.registered_model}/{row.version}" for row in summary.rows if row.version]
-    if not labels:
-        return []
-    recipe = version_recipe(settings, get_version(settings, *parse_version(labels[0])))
     return [(label, target.name) for label in labels for target in recipe.targets]
 
 
@@ -177,10 +186,11 @@ def logged_outcomes(settings: Settings, parent_run_id: str) -> list[EngineOutcom
 
 def build_published_engines(settings: Settings, summary: Summary) -> list[EngineOutcome]:
     """Every engine of a published run (see `engine_jobs`), built or skipped, recorded on its run."""
+    recipe = logged_recipe(settings, summary.parent_run_id, summary.recipe_digest)
     outcomes = [
         outcome
         for label, target in engine_jobs(settings, summary)
-        for outcome in build_engines(settings, label, [target], strict=False)
+        for outcome in build_engines(settings, label, [target], recipe=recipe, strict=False)
     ]
     record_outcomes(settings, summary.parent_run_id, outcomes)
     return outcomes

@@ -315,21 +315,30 @@ def gate_verdict(
     return verdict, validation
 
 
+def logged_recipe(settings: Settings, parent_run_id: str, recipe_digest: str) -> Recipe:
+    """The recipe a parent run logged (cached by digest). A recipe logged under an older schema
+    that no longer parses fails with ConfigError naming the run."""
+    recipe_path = settings.cache_dir / "recipes" / f"{recipe_digest}.yaml"
+    if not recipe_path.exists():
+        recipe_path.parent.mkdir(parents=True, exist_ok=True)
+        text = tracking.load_text(settings, parent_run_id, RECIPE_ARTIFACT)
+        staging = recipe_path.with_suffix(f".tmp-{uuid.uuid4().hex}")
+        staging.write_text(text, encoding="utf-8")
+        staging.replace(recipe_path)
+    try:
+        return load_checked_recipe(recipe_path, recipe_digest)
+    except ConfigError as exc:
+        raise ConfigError(f"the recipe logged on run {parent_run_id} no longer loads: {exc}") from None
+
+
 def version_recipe(settings: Settings, ref: VersionRef) -> Recipe:
-    """The recipe a version was produced with, from its parent run (cached by digest)."""
+    """The recipe a version was produced with, from its parent run."""
     missing = [k for k in ("parent_run_id", "recipe_digest") if k not in ref.lineage]
     if missing:
         raise ConfigError(
             f"{ref.label} lacks lineage tags {', '.join(missing)}; it was not registered by slimline"
         )
-    recipe_path = settings.cache_dir / "recipes" / f"{ref.lineage['recipe_digest']}.yaml"
-    if not recipe_path.exists():
-        recipe_path.parent.mkdir(parents=True, exist_ok=True)
-        text = tracking.load_text(settings, ref.lineage["parent_run_id"], RECIPE_ARTIFACT)
-        staging = recipe_path.with_suffix(f".tmp-{uuid.uuid4().hex}")
-        staging.write_text(text, encoding="utf-8")
-        staging.replace(recipe_path)
-    return load_checked_recipe(recipe_path, ref.lineage["recipe_digest"])
+    return logged_recipe(settings, ref.lineage["parent_run_id"], ref.lineage["recipe_digest"])
 
 
 def recheck_version(settings: Settings, model_version: str) -> Recheck:

@@ -58,10 +58,18 @@ def graph_precision(onnx_path: Path) -> str:
     return "int8" if any(node.op_type in INTEGER_OPS for node in graph.node) else "fp32"
 
 
-def _layout_requirements(level: str) -> tuple[dict[str, object], list[str]]:
+def _layout_requirements(target: Target) -> tuple[dict[str, object], list[str]]:
+    level = target.optimization_level
     if level != "all":
         return {}, [f"optimization level {level}: portable across x86-64 CPUs"]
     flags = read_capabilities().cpu_flags
+    lacking = [f for f in target.requires.cpu_flags if f not in flags]
+    if lacking:
+        # The layout would be this machine's, not the target's: an engine its devices cannot run.
+        raise EngineError(
+            f"target {target.name}: optimization level all lays the graph out for the build machine's CPU, "
+            f"which lacks {', '.join(lacking)}; build it on a {target.name} machine or use level extended"
+        )
     if "avx512f" in flags:
         return {"cpu_flags": ["avx512f"]}, [
             "optimization level all: layout laid out for AVX-512 (the build machine's width); "
@@ -94,6 +102,7 @@ def build(source: BuildSource, target: Target, out_dir: Path) -> Built:
             f"ONNX Runtime CPU engines run the graph as registered: build a {precision} target or "
             f"register a {target.precision} variant"
         )
+    requires, notes = _layout_requirements(target)
     options = _options((target.threads.intra_op, target.threads.inter_op), target.optimization_level)
     options.optimized_model_filepath = str(out_dir / ENGINE_FILE)
     options.add_session_config_entry("session.save_model_format", "ORT")
@@ -101,7 +110,6 @@ def build(source: BuildSource, target: Target, out_dir: Path) -> Built:
         ort.InferenceSession(str(source.onnx), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
         raise EngineError(f"target {target.name}: ONNX Runtime cannot optimize the graph ({exc})") from exc
-    requires, notes = _layout_requirements(target.optimization_level)
     return Built(entry=ENGINE_FILE, runtime_version=str(version()), requires=requires, notes=notes)
 
 
