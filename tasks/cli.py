@@ -141,12 +141,15 @@ def cmd_techniques(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from tasks.registry.engines import logged_outcomes
     from tasks.report.console import print_summary
     from tasks.report.html import load_logged_validation, load_published_summary, write_report
 
     settings = _settings(args)
     summary = load_published_summary(settings, args.run_id)
-    path = write_report(settings, summary, load_logged_validation(settings, args.run_id), out=args.out)
+    validation = load_logged_validation(settings, args.run_id)
+    engines = logged_outcomes(settings, args.run_id)
+    path = write_report(settings, summary, validation, out=args.out, engines=engines)
     print_summary(summary)
     print(f"report: {path}")
     return 0

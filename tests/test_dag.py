@@ -8,8 +8,8 @@ import pytest
 from mlflow import MlflowClient
 
 from tasks.core.errors import OrchestrationError
-from tasks.flow.engines import logged_outcomes
 from tasks.flow.orchestration import DAGS_DIR, airflow_environment, dags_test
+from tasks.registry.engines import logged_outcomes
 from tests.tiny import publish, write_tiny_recipe
 
 PARSE = """
@@ -82,6 +82,7 @@ def test_nightly_dag_run_registers_with_lineage_and_is_idempotent(settings, tiny
     assert engine["runtime"] == "onnxruntime-cpu" and len(engine["digest"]) == 64
     assert "slimline.engine.cpu-avx2" not in by_variant["onnx-fp32"].tags
     outcomes = logged_outcomes(settings, by_variant["onnx-fp32"].tags["slimline.parent_run_id"])
+    assert outcomes is not None
     assert sorted((o.model_version, o.status) for o in outcomes) == sorted(
         [
             (f"tiny-sentiment/{by_variant['onnx-int8-dynamic'].version}", "built"),

@@ -20,13 +20,17 @@ from tasks.core.settings import Settings
 from tasks.engines.capabilities import Capabilities, Gpu, read_capabilities, unmet
 from tasks.engines.info import read_info
 from tasks.engines.target import Requirements, load_target, load_targets
-from tasks.flow.engines import build_engines
+from tasks.flow.engines import build_engines, build_published_engines
 from tasks.flow.pipeline import run_local
-from tasks.registry.engines import engines_of
+from tasks.registry.engines import engines_of, logged_outcomes
 from tasks.registry.versions import get_version
+from tasks.report.summary import Summary
 from tests.tiny import publish, write_tiny_recipe
 
 REPO_TARGETS = Path(__file__).resolve().parents[1] / "targets"
+
+# The registered fixture: settings, the versions by precision, and the night's summary.
+Night = tuple[Settings, dict[str, str], Summary]
 
 CPU_TARGET: dict[str, Any] = {
     "runtime": "onnxruntime-cpu",
@@ -138,7 +142,7 @@ def test_this_machine_reads_its_own_capabilities():
 
 
 @pytest.fixture
-def registered(settings: Settings, tiny_checkpoint: Path, tmp_path: Path) -> tuple[Settings, dict[str, str]]:
+def registered(settings: Settings, tiny_checkpoint: Path, tmp_path: Path) -> Night:
     """A tiny nightly run: the FP32 ONNX export and its dynamic INT8, registered; their versions by
     precision (the registration order follows the side-by-side timing)."""
     targets = tmp_path / "targets"
@@ -155,7 +159,7 @@ def registered(settings: Settings, tiny_checkpoint: Path, tmp_path: Path) -> tup
     summary = run_local(settings, recipe, publish(settings, tiny_checkpoint, "nightly/tiny"))
     assert summary.new_versions == ["1", "2"]
     versions = {row.name: f"tiny-sentiment/{row.version}" for row in summary.rows if row.version}
-    return settings, {"fp32": versions["onnx-fp32"], "int8": versions["onnx-int8-dynamic"]}
+    return settings, {"fp32": versions["onnx-fp32"], "int8": versions["onnx-int8-dynamic"]}, summary
 
 
 LOAD_SCRIPT = """
@@ -166,14 +170,16 @@ from tasks.engines.canary import read_canary
 info, engine = load_engine(sys.argv[1])
 canary = read_canary(sys.argv[2])
 ids, mask = canary.arrays()
-print(json.dumps({"device": engine.device, "logits": engine.predict(ids, mask).tolist()}))
+logits = engine.predict(ids, mask).tolist()
+heavy = sorted(m for m in ("torch", "transformers", "mlflow", "airflow") if m in sys.modules)
+print(json.dumps({"device": engine.device, "logits": logits, "heavy": heavy}))
 """
 
 
 def test_cpu_engines_are_built_checked_recorded_and_load_in_a_fresh_process(
-    registered: tuple[Settings, dict[str, str]],
+    registered: Night,
 ):
-    settings, versions = registered
+    settings, versions, _ = registered
     outcomes = build_engines(settings, versions["int8"], strict=False)
     by_target = {o.target: o for o in outcomes}
     # Version 2 is INT8: the INT8 target builds; the FP32 one is skipped with its reason.
@@ -214,6 +220,8 @@ def test_cpu_engines_are_built_checked_recorded_and_load_in_a_fresh_process(
     loaded = json.loads(proc.stdout)
     reference = np.asarray(json.loads(canary.read_text())["reference_logits"])
     assert loaded["device"] == "cpu"
+    # What a CPU device needs: ONNX Runtime and numpy, no PyTorch, transformers, MLflow or Airflow.
+    assert loaded["heavy"] == []
     # Same graph, ONNX Runtime's own offline rewrites: equal to the registered model within 1e-4.
     np.testing.assert_allclose(np.asarray(loaded["logits"]), reference, atol=1e-4)
 
@@ -222,8 +230,10 @@ def test_cpu_engines_are_built_checked_recorded_and_load_in_a_fresh_process(
     assert again["cpu-int8"].status == "reused" and again["cpu-int8"].record == built.record
 
 
-def test_the_all_level_records_the_build_machines_vector_width(registered: tuple[Settings, dict[str, str]]):
-    settings, versions = registered
+def test_the_all_level_records_the_build_machines_vector_width(
+    registered: Night,
+):
+    settings, versions, _ = registered
     (outcome,) = build_engines(settings, versions["fp32"], ["cpu-fp32"])
     assert outcome.path is not None
     requires = read_info(outcome.path).requires
@@ -238,8 +248,10 @@ def test_the_all_level_records_the_build_machines_vector_width(registered: tuple
     )
 
 
-def test_a_failed_canary_check_registers_and_caches_nothing(registered: tuple[Settings, dict[str, str]]):
-    settings, versions = registered
+def test_a_failed_canary_check_registers_and_caches_nothing(
+    registered: Night,
+):
+    settings, versions, _ = registered
     with pytest.raises(EngineCheckFailed, match=r"failed its canary check \(max logit difference"):
         build_engines(settings, versions["int8"], ["cpu-strict"])
     assert not (settings.artifacts_dir / "engine_cpu-strict").exists() or not any(
@@ -249,11 +261,11 @@ def test_a_failed_canary_check_registers_and_caches_nothing(registered: tuple[Se
 
 
 def test_engine_cli_errors_are_one_line_with_their_exit_codes(
-    registered: tuple[Settings, dict[str, str]],
+    registered: Night,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ):
-    settings, versions = registered
+    settings, versions, _ = registered
     monkeypatch.setenv("SLIMLINE_TARGETS_DIR", str(settings.targets_dir))
     home = ["--home", str(settings.home)]
     code = main([*home, "engine", "build", "--model-version", versions["int8"], "--target", "cpu-fp32"])
@@ -279,9 +291,9 @@ def test_engine_cli_errors_are_one_line_with_their_exit_codes(
 
 
 def test_a_release_bundle_of_registered_engines_is_signed_and_verifies(
-    registered: tuple[Settings, dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    registered: Night, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
-    settings, versions = registered
+    settings, versions, _ = registered
     fleets = tmp_path / "fleets"
     fleets.mkdir()
     (fleets / "edge.yaml").write_text(yaml.safe_dump({"name": "edge", "targets": ["cpu-int8"]}))
@@ -322,9 +334,9 @@ def test_a_release_bundle_of_registered_engines_is_signed_and_verifies(
 
 
 def test_the_all_level_is_refused_for_a_target_this_machine_is_not(
-    registered: tuple[Settings, dict[str, str]],
+    registered: Night,
 ):
-    settings, versions = registered
+    settings, versions, _ = registered
     # Knights Mill's flag: absent from every current CPU, so the build machine cannot stand for it.
     write_target(
         settings.targets_dir,
@@ -340,3 +352,26 @@ def test_the_all_level_is_refused_for_a_target_this_machine_is_not(
     assert not (settings.artifacts_dir / "engine_cpu-knm").exists() or not [
         p for p in (settings.artifacts_dir / "engine_cpu-knm").iterdir() if not p.name.startswith(".")
     ]
+
+
+def test_a_nights_engines_are_logged_and_shown_in_its_release_report(
+    registered: Night,
+):
+    settings, versions, summary = registered
+    report = settings.home / "reports" / f"{summary.parent_run_id}.html"
+    assert "The engine step had not run when this report was written." in report.read_text()
+    outcomes = build_published_engines(settings, summary)
+    # The recipe's two targets for both versions: each precision builds for its own target only.
+    assert sorted((o.model_version, o.target, o.status) for o in outcomes) == sorted(
+        [
+            (versions["int8"], "cpu-int8", "built"),
+            (versions["int8"], "cpu-fp32", "skipped"),
+            (versions["fp32"], "cpu-int8", "skipped"),
+            (versions["fp32"], "cpu-fp32", "built"),
+        ]
+    )
+    assert logged_outcomes(settings, summary.parent_run_id) == outcomes
+    text = report.read_text()
+    assert (
+        "<h2>Engines</h2>" in text and f">{versions['int8']}<" in text and "skipped: target cpu-fp32" in text
+    )

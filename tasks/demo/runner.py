@@ -16,12 +16,11 @@ from tasks.core.settings import Settings
 from tasks.core.store import FileStore, open_store, upload_tree
 from tasks.demo.teacher import MODEL_SUBDIR, TeacherConfig, base_encoder_dir, finetune
 from tasks.flow import orchestration
-from tasks.flow.engines import logged_outcomes
 from tasks.intake.checkpoints import fetch, list_checkpoints, verify_folder
 from tasks.intake.data import prepare_splits
 from tasks.recipe import Recipe, load_recipe
 from tasks.registry import tracking
-from tasks.registry.engines import EngineOutcome
+from tasks.registry.engines import EngineOutcome, logged_outcomes
 from tasks.report.console import engine_table, print_summary
 from tasks.report.html import report_path
 from tasks.report.summary import Summary
@@ -90,7 +89,7 @@ def run_demo(settings: Settings, recipe_path: Path, teacher: TeacherConfig, cons
     console.rule("3/3 results")
     summary = summary_for(settings, recipe_path, dag_run.run_label)
     print_summary(summary, console)
-    engines = logged_outcomes(settings, summary.parent_run_id)
+    engines = logged_outcomes(settings, summary.parent_run_id) or []
     console.print(engine_table(engines))
     console.print(f"release report: {report_path(settings, summary)}")
     console.print(

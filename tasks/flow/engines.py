@@ -21,9 +21,9 @@ from tasks.flow.pipeline import logged_recipe, version_recipe
 from tasks.intake.checkpoints import fetch
 from tasks.intake.data import prepare_splits
 from tasks.recipe import Recipe
-from tasks.registry import tracking
-from tasks.registry.engines import EngineOutcome, record_engine
+from tasks.registry.engines import EngineOutcome, log_outcomes, record_engine
 from tasks.registry.versions import VersionRef, fetch_version, get_version, parse_version, version_key
+from tasks.report.html import load_logged_validation, load_published_summary, write_report
 from tasks.report.summary import Summary
 
 log = logging.getLogger(__name__)
@@ -159,29 +159,12 @@ def build_engines(
     return outcomes
 
 
-ENGINES_ARTIFACT = "engines.json"
-
-
 def engine_jobs(settings: Settings, summary: Summary) -> list[tuple[str, str]]:
     """(NAME/VERSION, target) for every version a published run registered or found, and every
     target of its recipe: the nightly run's engine builds."""
     recipe = logged_recipe(settings, summary.parent_run_id, summary.recipe_digest)
     labels = [f"{summary.registered_model}/{row.version}" for row in summary.rows if row.version]
     return [(label, target.name) for label in labels for target in recipe.targets]
-
-
-def record_outcomes(settings: Settings, parent_run_id: str, outcomes: list[EngineOutcome]) -> None:
-    """The night's engine outcomes on its parent run, for the report and the demo."""
-    tracking.log_json(
-        settings, parent_run_id, ENGINES_ARTIFACT, {"engines": [o.model_dump(mode="json") for o in outcomes]}
-    )
-
-
-def logged_outcomes(settings: Settings, parent_run_id: str) -> list[EngineOutcome]:
-    if not tracking.has_artifact(settings, parent_run_id, ENGINES_ARTIFACT):
-        return []
-    logged = tracking.load_json(settings, parent_run_id, ENGINES_ARTIFACT)
-    return [EngineOutcome.model_validate(o) for o in logged["engines"]]
 
 
 def build_published_engines(settings: Settings, summary: Summary) -> list[EngineOutcome]:
@@ -194,3 +177,11 @@ def build_published_engines(settings: Settings, summary: Summary) -> list[Engine
     ]
     record_outcomes(settings, summary.parent_run_id, outcomes)
     return outcomes
+
+
+def record_outcomes(settings: Settings, parent_run_id: str, outcomes: list[EngineOutcome]) -> None:
+    """The night's engine outcomes on its parent run, and its release report written again with
+    them."""
+    log_outcomes(settings, parent_run_id, outcomes)
+    summary = load_published_summary(settings, parent_run_id)
+    write_report(settings, summary, load_logged_validation(settings, parent_run_id), engines=outcomes)

@@ -148,3 +148,21 @@ def fetch_engine(settings: Settings, record: EngineRecord) -> Path:
                 if not final.exists():
                     raise
     return final
+
+
+ENGINES_ARTIFACT = "engines.json"
+
+
+def log_outcomes(settings: Settings, parent_run_id: str, outcomes: list[EngineOutcome]) -> None:
+    """A night's engine outcomes as `engines.json` on its parent run."""
+    tracking.log_json(
+        settings, parent_run_id, ENGINES_ARTIFACT, {"engines": [o.model_dump(mode="json") for o in outcomes]}
+    )
+
+
+def logged_outcomes(settings: Settings, parent_run_id: str) -> list[EngineOutcome] | None:
+    """The engine outcomes logged on a parent run; None before its engine step ran."""
+    if not tracking.has_artifact(settings, parent_run_id, ENGINES_ARTIFACT):
+        return None
+    logged = tracking.load_json(settings, parent_run_id, ENGINES_ARTIFACT)
+    return [EngineOutcome.model_validate(o) for o in logged["engines"]]

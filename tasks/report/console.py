@@ -140,41 +140,59 @@ def gate_table(result: Recheck) -> Table:
     return table
 
 
-def engine_table(outcomes: list[EngineOutcome]) -> Table:
-    """One row per (version, target): what happened and the canary check's figures."""
-    table = Table(title="engines", title_justify="left")
-    for column in (
-        "version",
-        "target",
-        "status",
-        "size MB",
-        "build s",
-        "agreement",
-        "max Δlogit",
-        "p50 ms",
-        "p95 ms",
-        "seq/s",
-    ):
-        table.add_column(column, justify="right" if column not in ("version", "target", "status") else "left")
+ENGINE_HEADERS = [
+    "version",
+    "target",
+    "status",
+    "size MB",
+    "build s",
+    "agreement",
+    "max Δlogit",
+    "p50 ms",
+    "p95 ms",
+    "seq/s (batch)",
+]
+
+
+def engine_rows(outcomes: list[EngineOutcome]) -> list[list[str]]:
+    """Per (version, target): what happened and the canary check's figures, as the tables show them."""
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "—" if value is None else format(value, spec)
+
+    rows = []
     for o in outcomes:
         check = o.check
-
-        def fmt(value: float | None, spec: str) -> str:
-            return "—" if value is None else format(value, spec)
-
-        table.add_row(
-            o.model_version,
-            o.target,
-            o.status if o.status in ("built", "reused") else f"{o.status}: {o.reason}",
-            fmt(o.size_bytes / 1e6 if o.size_bytes is not None else None, ".2f"),
-            fmt(o.build_seconds, ".1f"),
-            fmt(check.agreement if check else None, ".4f"),
-            fmt(check.max_logit_diff if check else None, ".3g"),
-            fmt(check.latency_p50_ms if check else None, ".2f"),
-            fmt(check.latency_p95_ms if check else None, ".2f"),
-            fmt(check.throughput_per_s if check else None, ",.0f"),
+        throughput = "—"
+        if check is not None and check.throughput_per_s is not None:
+            throughput = f"{check.throughput_per_s:,.0f} ({check.throughput_batch})"
+        rows.append(
+            [
+                o.model_version,
+                o.target,
+                o.status if o.status in ("built", "reused") else f"{o.status}: {o.reason}",
+                fmt(o.size_bytes / 1e6 if o.size_bytes is not None else None, ".2f"),
+                fmt(o.build_seconds, ".2f"),
+                fmt(check.agreement if check else None, ".4f"),
+                fmt(check.max_logit_diff if check else None, ".3g"),
+                fmt(check.latency_p50_ms if check else None, ".2f"),
+                fmt(check.latency_p95_ms if check else None, ".2f"),
+                throughput,
+            ]
         )
-    notes = sorted({o.check.timing_note for o in outcomes if o.check and o.check.timing_note})
-    if notes:
-        table.caption = "; ".join(notes)
+    return rows
+
+
+def engine_notes(outcomes: list[EngineOutcome]) -> str:
+    """Why some engines were not timed, once per reason."""
+    return "; ".join(sorted({o.check.timing_note for o in outcomes if o.check and o.check.timing_note}))
+
+
+def engine_table(outcomes: list[EngineOutcome]) -> Table:
+    table = Table(title="engines (canary check against the registered model)", title_justify="left")
+    for column in ENGINE_HEADERS:
+        table.add_column(column, justify="left" if column in ("version", "target", "status") else "right")
+    for cells in engine_rows(outcomes):
+        table.add_row(*cells)
+    table.caption = engine_notes(outcomes) or None
     return table

@@ -23,9 +23,13 @@ from tasks.gate.gates import BUDGET_TIMING
 from tasks.intake.validation import REPORT as VALIDATION_ARTIFACT
 from tasks.intake.validation import SuiteResult, ValidationReport
 from tasks.registry import tracking
+from tasks.registry.engines import EngineOutcome
 from tasks.report.charts import ChartPoint, accuracy_latency_chart
 from tasks.report.console import (
+    ENGINE_HEADERS,
     TIMING_HEADERS,
+    engine_notes,
+    engine_rows,
     signed_interval,
     timing_caption,
     timing_rows,
@@ -292,8 +296,31 @@ def _refused(summary: Summary) -> str:
     )
 
 
+def _engines(engines: list[EngineOutcome] | None) -> str:
+    heading = "<h2>Engines</h2>\n"
+    if engines is None:
+        return heading + "<p>The engine step had not run when this report was written.</p>"
+    if not engines:
+        return heading + "<p>No version was registered, so no engine was built.</p>"
+    cells = [
+        [_td(text, "" if i < 3 else "num") for i, text in enumerate(row)] for row in engine_rows(engines)
+    ]
+    notes = engine_notes(engines)
+    return (
+        heading + "<p>Each registered version built for each target of the recipe and checked on the canary "
+        "set (the first examples of the evaluation split) against the registered model: label "
+        "agreement, largest logit difference, and batch-1 latency and throughput where this machine "
+        "is of the target's kind. A failed check registers nothing.</p>"
+        + _table(ENGINE_HEADERS, cells)
+        + (f"<p>{_e(notes)}</p>" if notes else "")
+    )
+
+
 def render_html(
-    summary: Summary, validation: ValidationReport | None = None, started: datetime | None = None
+    summary: Summary,
+    validation: ValidationReport | None = None,
+    started: datetime | None = None,
+    engines: list[EngineOutcome] | None = None,
 ) -> str:
     """The whole report as one HTML document. `started` (the parent run's start) is the date it
     shows: the run's date, not the rendering's, so a report regenerated later is the same file."""
@@ -303,6 +330,7 @@ def render_html(
             _variants(summary),
             _timing(summary),
             _chart(summary),
+            _engines(engines),
             _validation(validation),
             _refused(summary),
             _lineage(summary),
@@ -343,10 +371,12 @@ def write_report(
     summary: Summary,
     validation: ValidationReport | None = None,
     out: Path | None = None,
+    engines: list[EngineOutcome] | None = None,
 ) -> Path:
     """Write the report to `out` (default `<home>/reports/<parent_run_id>.html`) and log it to the
     parent run as `report.html`; return the path written."""
-    text = render_html(summary, validation, run_started(tracking.get_run(settings, summary.parent_run_id)))
+    started = run_started(tracking.get_run(settings, summary.parent_run_id))
+    text = render_html(summary, validation, started, engines)
     path = out or report_path(settings, summary)
     write_atomic(path, text)
     tracking.log_text(settings, summary.parent_run_id, REPORT_ARTIFACT, text)
