@@ -28,7 +28,9 @@ class Canary(BaseModel):
     labels: list[int]  # the true labels, for accuracy on the device
     input_ids: list[list[int]]  # padded to one length
     attention_mask: list[list[int]]
-    reference_logits: list[list[float]]  # the registered model (ONNX Runtime, FP32 CPU) on each example
+    # The registered model (ONNX Runtime, CPU) on each example alone, unpadded, as a device serves
+    # a request: dynamic quantization scales activations per batch, so batching would change them.
+    reference_logits: list[list[float]]
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(self.input_ids, dtype=np.int64), np.asarray(self.attention_mask, dtype=np.int64)
@@ -63,8 +65,10 @@ def canary_step(
         from tasks.intake.data import load_split
 
         examples = load_split(split.path, "eval")[:size]
-        batch = Encoder(model.path, max_length)([e.text for e in examples])
-        reference = OnnxPredictor(model.path, threads=1).logits(batch)
+        encode = Encoder(model.path, max_length)
+        batch = encode([e.text for e in examples])
+        predictor = OnnxPredictor(model.path, threads=1)
+        reference = np.concatenate([predictor.logits(encode([e.text])) for e in examples])
         canary = Canary(
             label_names=label_names,
             texts=[e.text for e in examples],

@@ -17,17 +17,9 @@ WARMUP = 10
 MIN_THROUGHPUT_SECONDS = 1.0
 
 
-def canary_logits(predictor: Predictor, canary: Canary, max_batch: int) -> np.ndarray:
-    ids, mask = canary.arrays()
-    chunks = [
-        predictor.predict(ids[start : start + max_batch], mask[start : start + max_batch])
-        for start in range(0, len(ids), max_batch)
-    ]
-    return np.concatenate(chunks)
-
-
-def _requests(canary: Canary, min_sequence: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each canary example alone, unpadded (but not shorter than the profile allows): a device's request."""
+def canary_requests(canary: Canary, min_sequence: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each canary example alone, unpadded (but not shorter than the profile allows): a device's
+    request, and how the canary's reference logits were computed."""
     ids, mask = canary.arrays()
     requests = []
     for row_ids, row_mask in zip(ids, mask, strict=True):
@@ -40,10 +32,16 @@ def _percentile(samples_ms: list[float], q: float) -> float:
     return round(float(np.percentile(samples_ms, q)), 4)
 
 
+def canary_logits(predictor: Predictor, canary: Canary, target: Target) -> np.ndarray:
+    """The engine's logits on each canary example alone, as the reference was computed."""
+    requests = canary_requests(canary, min(p.sequence.min for p in target.profiles))
+    return np.concatenate([predictor.predict(ids, mask) for ids, mask in requests])
+
+
 def time_engine(predictor: Predictor, canary: Canary, target: Target) -> tuple[float, float, float, int]:
     """(p50 ms, p95 ms) at batch 1 over `latency_requests` canary requests, and sequences per second
     at the target's throughput batch (the canary rows repeated to fill it)."""
-    requests = _requests(canary, min(p.sequence.min for p in target.profiles))
+    requests = canary_requests(canary, min(p.sequence.min for p in target.profiles))
     for i in range(WARMUP):
         predictor.predict(*requests[i % len(requests)])
     samples = []
@@ -69,7 +67,7 @@ def check_engine(
 ) -> CanaryResult:
     """Agreement and largest logit difference against the registered model; latency and throughput
     too unless `timing_note` says why this machine cannot stand for the target."""
-    logits = canary_logits(predictor, canary, target.max_batch)
+    logits = canary_logits(predictor, canary, target)
     reference = canary.reference
     agreement = float((logits.argmax(axis=1) == reference.argmax(axis=1)).mean())
     diff = float(np.abs(logits - reference).max())
