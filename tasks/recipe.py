@@ -12,11 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from tasks.compress.techniques import get_technique
-from tasks.core.config import SLUG, Strict, format_errors
+from tasks.core.config import SLUG, Strict, format_errors, load_config_file, parse_config
 from tasks.core.errors import ConfigError, SlimlineError
 from tasks.gate.evaluate import EvaluationConfig
 from tasks.gate.gates import GateConfig, TargetBudget
@@ -114,22 +113,9 @@ class Recipe(Strict):
 
 
 def parse_recipe(data: object, origin: str) -> Recipe:
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"recipe {origin}: {format_errors(exc)}") from None
+    return parse_config(Recipe, data, "recipe", origin)
 
 
 def load_recipe(path: Path) -> Recipe:
     """Read and validate a YAML recipe."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"recipe {path}: cannot be read ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"recipe {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe {path}: expected a mapping at the top level")
-    return parse_recipe(data, str(path))
+    return load_config_file(Recipe, path, "recipe")

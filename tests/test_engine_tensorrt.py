@@ -26,7 +26,7 @@ from tasks.engines.build import runtime_of
 from tasks.engines.info import EngineInfo
 from tasks.engines.runtime import BuildSource, Built
 from tasks.engines.runtimes import tensorrt as trt_runtime
-from tasks.engines.target import Requirements, Target, VersionRange, parse_target
+from tasks.engines.target import Requirements, Target, VersionRange
 from tasks.gate.evaluate import OnnxPredictor
 from tests.factories import LABELS, make_checkpoint, make_dataset
 from tests.tiny import make_context
@@ -81,7 +81,7 @@ def source(folder: Path, calibration: Path | None = None) -> BuildSource:
 
 
 def target(precision: str = "fp16", capability: str = "9.0", profiles: list | None = None) -> Target:
-    return parse_target(
+    return Target.model_validate(
         {
             "name": "gpu-test",
             "runtime": "tensorrt",
@@ -91,8 +91,7 @@ def target(precision: str = "fp16", capability: str = "9.0", profiles: list | No
             or [
                 {"batch": {"min": 1, "opt": 4, "max": 8}, "sequence": {"min": 1, "opt": 16, "max": SEQUENCE}}
             ],
-        },
-        "test",
+        }
     )
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from tasks.core.config import SLUG, Strict, format_errors
+from tasks.core.config import SLUG, Strict, load_config_file
 from tasks.core.errors import ConfigError
 
 Runtime = Literal["onnxruntime-cpu", "torch-cuda", "tensorrt"]
@@ -170,25 +169,9 @@ class Target(Strict):
         return max(p.batch.max for p in self.profiles)
 
 
-def parse_target(data: object, origin: str) -> Target:
-    try:
-        return Target.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"target {origin}: {format_errors(exc)}") from None
-
-
 def load_target(path: Path) -> Target:
-    """Read and validate one target file."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"target {path}: cannot be read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"target {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    target = parse_target(data, str(path))
-    if target.name != Path(path).stem:
-        raise ConfigError(f"target {path}: name {target.name!r} must match the file name {Path(path).stem!r}")
-    return target
+    """Read and validate one target file (its `name` is its file name)."""
+    return load_config_file(Target, path, "target", named=True)
 
 
 def load_targets(directory: Path) -> dict[str, Target]:

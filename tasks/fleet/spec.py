@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from tasks.core.config import SLUG, Strict, format_errors
+from tasks.core.config import SLUG, Strict, load_config_file
 from tasks.core.errors import ConfigError
 
 
@@ -30,19 +29,8 @@ class Fleet(Strict):
 
 
 def load_fleet(path: Path) -> Fleet:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"fleet {path}: cannot be read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"fleet {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    try:
-        fleet = Fleet.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"fleet {path}: {format_errors(exc)}") from None
-    if fleet.name != Path(path).stem:
-        raise ConfigError(f"fleet {path}: name {fleet.name!r} must match the file name {Path(path).stem!r}")
-    return fleet
+    """Read and validate one fleet file (its `name` is its file name)."""
+    return load_config_file(Fleet, path, "fleet", named=True)
 
 
 def get_fleet(directory: Path, name: str) -> Fleet:

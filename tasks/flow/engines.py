@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 from tasks.core.artifacts import StepResult, load_manifest
 from tasks.core.digests import file_sha256
@@ -127,18 +128,14 @@ def build_engines(
             if target.runtime == "torch-cuda" and source.torch_model is None:
                 raise EngineError(f"target {name}: {torch_model_of(settings, ref)[1]}")
             result = build_engine(settings, source, target, canary, ref.label, version_key(ref))
-        except EngineCheckFailed as exc:
+        except (EngineCheckFailed, EngineError) as exc:
             if strict:
                 raise
-            outcomes.append(
-                EngineOutcome(model_version=ref.label, target=name, status="failed", reason=str(exc))
+            status: Literal["failed", "skipped"] = (
+                "failed" if isinstance(exc, EngineCheckFailed) else "skipped"
             )
-            continue
-        except EngineError as exc:
-            if strict:
-                raise
             outcomes.append(
-                EngineOutcome(model_version=ref.label, target=name, status="skipped", reason=str(exc))
+                EngineOutcome(model_version=ref.label, target=name, status=status, reason=str(exc))
             )
             continue
         info = read_info(result.path)

@@ -47,11 +47,16 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _read_bounded(path: Path, limit: int) -> bytes | None:
-    """The file's bytes, or None when it is larger than `limit`."""
-    with path.open("rb") as handle:
-        data = handle.read(limit + 1)
-    return None if len(data) > limit else data
+def _read_bounded(path: Path, limit: int, what: str, refuse: _Refuser) -> bytes:
+    """The file's bytes; refused when unreadable or larger than `limit` (read no further)."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise refuse(f"{what} cannot be read ({exc.strerror})") from None
+    if len(data) > limit:
+        raise refuse(f"{what} is larger than {limit} bytes")
+    return data
 
 
 class _Signature:
@@ -60,12 +65,7 @@ class _Signature:
 
     def __init__(self, path: Path, refuse: _Refuser) -> None:
         self.path = path
-        try:
-            data = _read_bounded(path, MAX_SIGNATURE_BYTES)
-        except OSError as exc:
-            raise refuse(f"signature {path} cannot be read ({exc.strerror})") from None
-        if data is None:
-            raise refuse(f"signature {path} is larger than {MAX_SIGNATURE_BYTES} bytes")
+        data = _read_bounded(path, MAX_SIGNATURE_BYTES, f"signature {path}", refuse)
         try:
             self.document = json.loads(data)
             hint = self.document["verificationMaterial"]["publicKey"]["hint"]
@@ -155,12 +155,7 @@ def _check_signature(bundle: Path, signature: _Signature, trusted_key: Path, ref
 
 def _read_release(bundle: Path, refuse: _Refuser) -> Release:
     path = bundle / RELEASE_JSON
-    try:
-        data = _read_bounded(path, MAX_RELEASE_BYTES)
-    except OSError as exc:
-        raise refuse(f"{RELEASE_JSON} cannot be read ({exc.strerror})") from None
-    if data is None:
-        raise refuse(f"{RELEASE_JSON} is larger than {MAX_RELEASE_BYTES} bytes")
+    data = _read_bounded(path, MAX_RELEASE_BYTES, RELEASE_JSON, refuse)
     try:
         return Release.model_validate_json(data)
     except ValidationError as exc:
