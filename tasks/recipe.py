@@ -15,7 +15,8 @@ from typing import Any
 from pydantic import Field, ValidationError, model_validator
 
 from tasks.compress.techniques import get_technique
-from tasks.core.config import SLUG, Strict, format_errors, load_config_file, parse_config
+from tasks.core.config import SLUG, Strict, format_errors
+from tasks.core.config_files import load_config_file, parse_config
 from tasks.core.errors import ConfigError, SlimlineError
 from tasks.gate.evaluate import EvaluationConfig
 from tasks.gate.gates import GateConfig, TargetBudget

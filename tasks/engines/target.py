@@ -13,7 +13,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tasks.core.config import SLUG, Strict, load_config_file
+from tasks.core.config import SLUG, Strict
+from tasks.core.config_files import load_config_file
 from tasks.core.errors import ConfigError
 
 Runtime = Literal["onnxruntime-cpu", "torch-cuda", "tensorrt"]

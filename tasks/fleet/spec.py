@@ -7,7 +7,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from tasks.core.config import SLUG, Strict, load_config_file
+from tasks.core.config import SLUG, Strict
+from tasks.core.config_files import load_config_file
 from tasks.core.errors import ConfigError
 
 
