@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: env demo test test-fast lint bench chart clean
+.PHONY: env demo test test-fast lint bench bench-engines chart clean
 
 env: $(STAMP)
 
@@ -40,9 +40,15 @@ lint: env
 bench: env
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/compression.py
 
-# Redraw the chart from the committed JSON.
+# The candidate's CPU engines against its registered ONNX graph, side by side (after `make demo`):
+# bench/results/engines-cpu.json and engines-cpu.png.
+bench-engines: env
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/engines_cpu.py
+
+# Redraw the charts from the committed JSON.
 chart: env
 	$(BIN)/python bench/compression.py --chart
+	$(BIN)/python bench/engines_cpu.py --chart
 
 clean:
 	rm -rf $(VENV) .slimline .mypy_cache .ruff_cache .pytest_cache

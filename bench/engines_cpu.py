@@ -115,9 +115,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reference = canary.reference
     results = []
     for name in names:
-        logits = np.concatenate(
-            [models[name].predict(ids[i : i + 32], mask[i : i + 32]) for i in range(0, len(ids), 32)]
-        )
+        # Each example alone, as the canary's reference was computed.
+        logits = np.concatenate([models[name].predict(i, m) for i, m in requests])
         results.append(
             {
                 "name": name,

@@ -376,3 +376,30 @@ def test_a_nights_engines_are_logged_and_shown_in_its_release_report(
     assert (
         "<h2>Engines</h2>" in text and f">{versions['int8']}<" in text and "skipped: target cpu-fp32" in text
     )
+
+
+def test_a_gpu_target_is_built_from_the_pytorch_model_and_checked_on_this_cpu(registered: Night):
+    settings, versions, _ = registered
+    write_target(
+        settings.targets_dir,
+        "gpu-fp32",
+        runtime="torch-cuda",
+        precision="fp32",
+        requires={"compute_capability": "9.0"},
+        profiles=[{"batch": {"min": 1, "opt": 4, "max": 16}, "sequence": {"min": 1, "opt": 32, "max": 64}}],
+        check=CPU_TARGET["check"] | {"max_logit_diff": 1e-3},
+    )
+    # The INT8 graph was changed after export: no PyTorch program stands for it.
+    with pytest.raises(EngineError, match=r"applies quantize\.onnx_dynamic_int8 after export"):
+        build_engines(settings, versions["int8"], ["gpu-fp32"])
+    # The FP32 export's PyTorch model (the checkpoint itself) builds; without a GPU here the program
+    # is checked on the CPU for correctness and not timed.
+    (outcome,) = build_engines(settings, versions["fp32"], ["gpu-fp32"])
+    assert outcome.status == "built" and outcome.check is not None and outcome.path is not None
+    assert outcome.check.device == "cpu" and outcome.check.agreement == 1.0
+    assert outcome.check.latency_p50_ms is None
+    assert outcome.check.timing_note.startswith("not timed: this machine is not a gpu-fp32")
+    info = read_info(outcome.path)
+    assert info.runtime == "torch-cuda" and info.requires.compute_capability == "9.0"
+    (again,) = build_engines(settings, versions["fp32"], ["gpu-fp32"])
+    assert again.status == "reused" and again.record == outcome.record
