@@ -1,0 +1,1 @@
+"""Engine runtimes, one module each, imported only when a target names it (see tasks.engines.runtime)."""
