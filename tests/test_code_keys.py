@@ -102,6 +102,8 @@ def test_a_step_lists_the_modules_it_runs():
 def run_cli(package_root: Path, home: Path, *args: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLIMLINE_")}
     env |= {"PYTHONPATH": str(package_root.parent), "SLIMLINE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    # The copy holds the package only; targets are the repository's.
+    env["SLIMLINE_TARGETS_DIR"] = str(PACKAGE_DIR.parent / "targets")
     code = "import sys; from tasks.cli import main; sys.exit(main(sys.argv[1:]))"
     # Run from the copy's folder: `python -c` puts the working directory first on sys.path.
     result = subprocess.run(
