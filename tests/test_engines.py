@@ -403,3 +403,28 @@ def test_a_gpu_target_is_built_from_the_pytorch_model_and_checked_on_this_cpu(re
     assert info.runtime == "torch-cuda" and info.requires.compute_capability == "9.0"
     (again,) = build_engines(settings, versions["fp32"], ["gpu-fp32"])
     assert again.status == "reused" and again.record == outcome.record
+
+
+def test_a_tensorrt_int8_target_gets_the_calibration_split_and_fails_in_one_line_here(registered: Night):
+    settings, versions, _ = registered
+    write_target(
+        settings.targets_dir,
+        "trt-int8",
+        runtime="tensorrt",
+        precision="int8",
+        requires={"compute_capability": "9.0"},
+    )
+    with pytest.raises(EngineError) as caught:
+        build_engines(settings, versions["fp32"], ["trt-int8"])
+    assert "needs TensorRT, which is not installed here" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    # The calibration split was tokenized for the builder: every calibration tweet, one length.
+    (folder,) = (settings.artifacts_dir / "release_calibration").iterdir()
+    tokens = json.loads((folder / "calibration.json").read_text())
+    assert (
+        len(tokens["input_ids"]) == len(tokens["attention_mask"]) == 20
+    )  # the tiny recipe's calibration_size
+    assert len({len(row) for row in tokens["input_ids"]}) == 1
+    assert not (settings.artifacts_dir / "engine_trt-int8").exists() or not [
+        p for p in (settings.artifacts_dir / "engine_trt-int8").iterdir() if not p.name.startswith(".")
+    ]

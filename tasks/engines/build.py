@@ -142,6 +142,8 @@ def build_engine(
 
     config = {"target": target.model_dump(mode="json"), "model_version": model_version}
     inputs = {"model": model_key, "canary": canary.key, "onnx": source.onnx_digest}
+    if source.calibration is not None:
+        inputs["calibration"] = file_sha256(source.calibration)
     return run_step(settings.artifacts_dir, f"engine/{target.name}", config, inputs, work, code=__name__)
 
 

@@ -20,6 +20,7 @@ from tasks.core.models import ModelRef
 from tasks.core.settings import Settings
 
 CANARY_FILE = "canary.json"
+CALIBRATION_FILE = "calibration.json"
 
 
 class Canary(BaseModel):
@@ -94,3 +95,26 @@ def canary_step(
         work,
         __name__,
     )
+
+
+def calibration_step(
+    settings: Settings, model: ModelRef, model_key: str, split: StepResult, max_length: int
+) -> StepResult:
+    """The calibration split tokenized for the model (padded to one length), for engine builders
+    that calibrate INT8 themselves (TensorRT): `{"input_ids": [...], "attention_mask": [...]}`."""
+
+    def work(out: Path) -> dict[str, Any]:
+        from tasks.gate.evaluate import Encoder
+        from tasks.intake.data import load_split
+
+        examples = load_split(split.path, "calibration")
+        if not examples:
+            raise EngineError("the recipe's calibration split is empty; set dataset.calibration_size > 0")
+        batch = Encoder(model.path, max_length)([e.text for e in examples])
+        tokens = {name: batch[name].tolist() for name in ("input_ids", "attention_mask")}
+        (out / CALIBRATION_FILE).write_text(json.dumps(tokens))
+        return {"examples": len(examples), "sequence": len(tokens["input_ids"][0])}
+
+    config = {"max_length": max_length}
+    inputs = {"model": model_key, "split": split.key}
+    return run_step(settings.artifacts_dir, "release/calibration", config, inputs, work, __name__)

@@ -14,7 +14,7 @@ from tasks.core.errors import EngineCheckFailed, EngineError
 from tasks.core.models import ONNX_FILE
 from tasks.core.settings import Settings
 from tasks.engines.build import build_engine
-from tasks.engines.canary import canary_step
+from tasks.engines.canary import CALIBRATION_FILE, calibration_step, canary_step
 from tasks.engines.info import read_info
 from tasks.engines.runtime import BuildSource
 from tasks.engines.target import resolve_targets
@@ -122,6 +122,13 @@ def build_engines(
     if any(t.runtime != "onnxruntime-cpu" for t in targets.values()) and source.torch_model is None:
         log.info("%s: no PyTorch model for GPU targets: %s", ref.label, torch_model_of(settings, ref)[1])
     canary = version_canary(settings, ref, recipe)
+    if any(t.runtime == "tensorrt" and t.precision == "int8" for t in targets.values()):
+        # TensorRT calibrates INT8 itself, on the recipe's calibration split.
+        split = prepare_splits(settings, recipe.dataset)
+        calibration = calibration_step(
+            settings, fetch_version(settings, ref), version_key(ref), split, recipe.dataset.max_length
+        )
+        source = source.model_copy(update={"calibration": calibration.path / CALIBRATION_FILE})
     outcomes = []
     for name, target in targets.items():
         try:
