@@ -4,7 +4,6 @@ their record in the registry. `slimline engine build` and the DAG's engine step 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Literal
 
@@ -26,8 +25,6 @@ from tasks.registry.engines import EngineOutcome, log_outcomes, record_engine
 from tasks.registry.versions import VersionRef, fetch_version, get_version, parse_version, version_key
 from tasks.report.html import load_logged_validation, load_published_summary, write_report
 from tasks.report.summary import Summary
-
-log = logging.getLogger(__name__)
 
 EXPORT = "export.onnx"
 # Steps after export that leave the exported network's function as it was (graph fusions), so the
@@ -119,8 +116,6 @@ def build_engines(
     names = target_names or [t.name for t in recipe.targets]
     targets = resolve_targets(settings.targets_dir, names)
     source = build_source(settings, ref)
-    if any(t.runtime != "onnxruntime-cpu" for t in targets.values()) and source.torch_model is None:
-        log.info("%s: no PyTorch model for GPU targets: %s", ref.label, torch_model_of(settings, ref)[1])
     canary = version_canary(settings, ref, recipe)
     if any(t.runtime == "tensorrt" and t.precision == "int8" for t in targets.values()):
         # TensorRT calibrates INT8 itself, on the recipe's calibration split.
