@@ -92,32 +92,18 @@ def _load_target(path: Path) -> Any:
     return load_target(path)
 
 
-def _engine_info(target: Any, built: Any, build_seconds: float) -> Any:
+def _engine_info(target: Any, built: Any, source: Any, build_seconds: float) -> Any:
     """engine.json as the engine builder writes it (files and model fields are placeholders here)."""
-    from tasks.engines.info import EngineInfo
-    from tasks.engines.target import Requirements
+    from tasks.engines.build import engine_info
 
-    requires = Requirements.model_validate(
-        {**target.requires.model_dump(exclude_none=True), **built.requires}
-    )
-    return EngineInfo(
-        target=target.name,
-        runtime=target.runtime,
-        runtime_version=built.runtime_version,
-        precision=target.precision,
-        profiles=target.profiles,
-        threads=target.threads,
-        requires=requires,
-        files={},
-        entry=built.entry,
-        inputs=INPUTS,
+    return engine_info(
+        target,
+        built,
+        source,
         labels=LABELS,
-        source_onnx_digest="none",
         model_version="bench/1",
         model_key="bench",
-        built_on={},
         build_seconds=build_seconds,
-        notes=built.notes,
     )
 
 
@@ -265,9 +251,10 @@ def child_build(args: argparse.Namespace) -> dict[str, Any]:
 
     target = _load_target(args.target)
     started = time.perf_counter()
-    built = torch_cuda.build(_build_source(args.model), target, args.engine)
+    source = _build_source(args.model)
+    built = torch_cuda.build(source, target, args.engine)
     seconds = time.perf_counter() - started
-    write_info(args.engine, _engine_info(target, built, seconds))
+    write_info(args.engine, _engine_info(target, built, source, seconds))
     return {
         "build_seconds": seconds,
         "built": built.model_dump(),
@@ -561,8 +548,9 @@ def child_xver_make(args: argparse.Namespace) -> dict[str, Any]:
         }
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    built = torch_cuda.build(_build_source(args.checkpoint), target, args.out)
-    write_info(args.out, _engine_info(target, built, 0.0))
+    source = _build_source(args.checkpoint)
+    built = torch_cuda.build(source, target, args.out)
+    write_info(args.out, _engine_info(target, built, source, 0.0))
     rng = np.random.default_rng(3)
     vocab = int(json.loads((args.checkpoint / "config.json").read_text())["vocab_size"])
     ids = rng.integers(5, vocab, (3, 11), dtype=np.int64)

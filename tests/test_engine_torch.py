@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from tasks.core.errors import EngineError
+from tasks.engines.build import engine_info
 from tasks.engines.info import EngineInfo, read_info, write_info
 from tasks.engines.runtime import BuildSource, Built
 from tasks.engines.runtimes import torch_cuda
@@ -84,26 +85,8 @@ def _source(checkpoint: Path, torch_model: Path | None) -> BuildSource:
     )
 
 
-def _info(target: Target, built: Built) -> EngineInfo:
-    return EngineInfo(
-        target=target.name,
-        runtime=target.runtime,
-        runtime_version=built.runtime_version,
-        precision=target.precision,
-        profiles=target.profiles,
-        threads=target.threads,
-        requires=target.requires,
-        files={},
-        entry=built.entry,
-        inputs=INPUTS,
-        labels=LABELS,
-        source_onnx_digest="0" * 64,
-        model_version="tiny/1",
-        model_key="tiny",
-        built_on={},
-        build_seconds=0.0,
-        notes=built.notes,
-    )
+def _info(target: Target, built: Built, source: BuildSource) -> EngineInfo:
+    return engine_info(target, built, source, labels=LABELS, model_version="tiny/1", model_key="tiny")
 
 
 def _inputs() -> list[tuple[np.ndarray, np.ndarray]]:
@@ -135,8 +118,9 @@ def engines(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     for precision in RELATIVE_TOLERANCE:
         out = tmp_path_factory.mktemp(f"engine-{precision}")
         target = _target(precision)
-        result = torch_cuda.build(_source(checkpoint, checkpoint), target, out)
-        write_info(out, _info(target, result))
+        source = _source(checkpoint, checkpoint)
+        result = torch_cuda.build(source, target, out)
+        write_info(out, _info(target, result, source))
         built[precision] = (out, result)
     return built
 

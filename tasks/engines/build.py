@@ -20,7 +20,7 @@ from tasks.engines.canary import read_canary
 from tasks.engines.capabilities import read_capabilities, unmet
 from tasks.engines.check import check_engine
 from tasks.engines.info import ENGINE_JSON, EngineInfo, read_info, write_info
-from tasks.engines.runtime import BuildSource, Runtime
+from tasks.engines.runtime import BuildSource, Built, Runtime
 from tasks.engines.target import Requirements, Target
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,40 @@ def merged_requirements(target: Requirements, built: dict[str, object]) -> Requi
     return Requirements.model_validate(fields)
 
 
+def engine_info(
+    target: Target,
+    built: Built,
+    source: BuildSource,
+    *,
+    labels: list[str],
+    model_version: str,
+    model_key: str,
+    files: dict[str, str] | None = None,
+    built_on: dict[str, Any] | None = None,
+    build_seconds: float = 0.0,
+) -> EngineInfo:
+    """engine.json for what `built` wrote for `target` from `source`."""
+    return EngineInfo(
+        target=target.name,
+        runtime=target.runtime,
+        runtime_version=built.runtime_version,
+        precision=target.precision,
+        profiles=target.profiles,
+        threads=target.threads,
+        requires=merged_requirements(target.requires, built.requires),
+        files=files or {},
+        entry=built.entry,
+        inputs=source.inputs,
+        labels=labels,
+        source_onnx_digest=source.onnx_digest,
+        model_version=model_version,
+        model_key=model_key,
+        built_on=built_on or {},
+        build_seconds=build_seconds,
+        notes=built.notes,
+    )
+
+
 def engine_files(folder: Path) -> dict[str, str]:
     """sha256 of every file of an engine folder, engine.json and the manifest excluded."""
     return {
@@ -97,28 +131,19 @@ def build_engine(
             if (source.tokenizer_dir / name).is_file():
                 shutil.copyfile(source.tokenizer_dir / name, out / name)
         caps = read_capabilities()
-        requires = merged_requirements(target.requires, built.requires)
         sample = read_canary(canary.path / "canary.json")
-        info = EngineInfo(
-            target=target.name,
-            runtime=target.runtime,
-            runtime_version=built.runtime_version,
-            precision=target.precision,
-            profiles=target.profiles,
-            threads=target.threads,
-            requires=requires,
-            files=engine_files(out),
-            entry=built.entry,
-            inputs=source.inputs,
+        info = engine_info(
+            target,
+            built,
+            source,
             labels=sample.label_names,
-            source_onnx_digest=source.onnx_digest,
             model_version=model_version,
             model_key=model_key,
+            files=engine_files(out),
             built_on=caps.model_dump(),
             build_seconds=round(time.perf_counter() - started, 3),
-            notes=built.notes,
         )
-        missing = unmet(requires, target.runtime, caps)
+        missing = unmet(info.requires, target.runtime, caps)
         # A GPU engine on a machine without that GPU is checked for correctness on the CPU, untimed.
         device = None if not missing else ("cpu" if target.runtime == "torch-cuda" else None)
         note = (
