@@ -192,7 +192,8 @@ def test_cpu_engines_are_built_checked_recorded_and_load_in_a_fresh_process(
     info = read_info(built.path)
     assert info.model_version == versions["int8"] and info.target == "cpu-int8"
     assert info.entry == "model.ort" and (built.path / "model.ort").stat().st_size > 0
-    assert {"model.ort", "tokenizer.json", "config.json"} <= set(info.files)
+    # The canary set the engine was checked on travels with it, so the check can be repeated.
+    assert {"model.ort", "tokenizer.json", "config.json", "canary.json"} <= set(info.files)
     assert info.requires.runtime_version.minimum == "1.20"
     assert (
         info.check is not None

@@ -1,6 +1,7 @@
 """Build one engine for one target through the artifact cache, then check it on the canary set.
 
-The engine folder holds the runtime's file(s), the tokenizer files and `engine.json`. The build is
+The engine folder holds the runtime's file(s), the tokenizer files, the canary set it was checked
+on (`canary.json`, so the check can be repeated from the folder alone) and `engine.json`. The build is
 keyed by the registered model's artifact key, the canary set and the target, so a rerun finds it.
 A build whose canary check fails raises EngineCheckFailed and leaves nothing in the cache."""
 
@@ -16,7 +17,7 @@ from tasks.core.artifacts import StepResult, run_step
 from tasks.core.digests import content_digest, file_sha256
 from tasks.core.errors import EngineCheckFailed, EngineError
 from tasks.core.settings import Settings
-from tasks.engines.canary import read_canary
+from tasks.engines.canary import CANARY_FILE, read_canary
 from tasks.engines.capabilities import read_capabilities, unmet
 from tasks.engines.check import check_engine
 from tasks.engines.info import ENGINE_JSON, EngineInfo, read_info, write_info
@@ -131,7 +132,8 @@ def build_engine(
             if (source.tokenizer_dir / name).is_file():
                 shutil.copyfile(source.tokenizer_dir / name, out / name)
         caps = read_capabilities()
-        sample = read_canary(canary.path / "canary.json")
+        shutil.copyfile(canary.path / CANARY_FILE, out / CANARY_FILE)
+        sample = read_canary(out / CANARY_FILE)
         info = engine_info(
             target,
             built,

@@ -1,17 +1,17 @@
 """A signed release of a registered version for a fleet: its engines for every target of the
-fleet (from the registry, digests checked), its canary set and lineage, in a bundle signed with
-the release key. `slimline release bundle` calls this."""
+fleet (from the registry, digests checked), the canary set they were checked on and its lineage,
+in a bundle signed with the release key. `slimline release bundle` calls this."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
 
+from tasks.core.digests import file_sha256
 from tasks.core.errors import ConfigError
 from tasks.core.settings import Settings
 from tasks.engines.canary import CANARY_FILE
 from tasks.fleet.spec import get_fleet
-from tasks.flow.engines import version_canary
 from tasks.registry.engines import ENGINE_TAG, engines_of, fetch_engine
 from tasks.registry.versions import get_version, parse_version
 from tasks.release.bundle import write_bundle
@@ -33,6 +33,14 @@ def bundle_release(settings: Settings, model_version: str, fleet_name: str) -> P
     if not settings.signing_key.is_file():
         raise ConfigError(f"no release key at {settings.signing_key}; make one with: slimline keys generate")
     engines = {t: fetch_engine(settings, registered[t]) for t in fleet.targets}
+    # Every device reproduces the canary results of its own engine: they must share one canary set.
+    canaries = {file_sha256(folder / CANARY_FILE): folder / CANARY_FILE for folder in engines.values()}
+    if len(canaries) != 1:
+        raise ConfigError(
+            f"the engines of {ref.label} for fleet {fleet.name} were checked on different canary sets; "
+            f"rebuild them with one recipe: slimline engine build --model-version {ref.label} --recipe R "
+            + " ".join(f"--target {t}" for t in fleet.targets)
+        )
     lineage = {k: v for k, v in ref.lineage.items() if not k.startswith(ENGINE_TAG)}
     days = fleet.release_expiry_days or settings.release_expiry_days
     return write_bundle(
@@ -41,7 +49,7 @@ def bundle_release(settings: Settings, model_version: str, fleet_name: str) -> P
         model_version=ref.label,
         lineage=lineage,
         engines=engines,
-        canary=version_canary(settings, ref).path / CANARY_FILE,
+        canary=next(iter(canaries.values())),
         private_key=settings.signing_key,
         expires_in=timedelta(days=days),
     )
