@@ -106,6 +106,9 @@ def build(source: BuildSource, target: Target, out_dir: Path) -> Built:
     options = _options((target.threads.intra_op, target.threads.inter_op), target.optimization_level)
     options.optimized_model_filepath = str(out_dir / ENGINE_FILE)
     options.add_session_config_entry("session.save_model_format", "ORT")
+    # ONNX Runtime warns on stderr that an `all` model is hardware specific; the requirements and
+    # notes of engine.json say so instead.
+    options.log_severity_level = 3
     try:
         ort.InferenceSession(str(source.onnx), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
