@@ -11,6 +11,7 @@ from tasks.core.digests import file_sha256
 from tasks.core.errors import ConfigError
 from tasks.core.settings import Settings
 from tasks.engines.canary import CANARY_FILE
+from tasks.engines.target import resolve_targets
 from tasks.fleet.spec import get_fleet
 from tasks.registry.engines import ENGINE_TAG, engines_of, fetch_engine
 from tasks.registry.versions import get_version, parse_version
@@ -20,6 +21,7 @@ from tasks.release.bundle import write_bundle
 def bundle_release(settings: Settings, model_version: str, fleet_name: str) -> Path:
     """Write and sign the fleet's next release of `model_version`; return the bundle folder."""
     fleet = get_fleet(settings.fleets_dir, fleet_name)
+    resolve_targets(settings.targets_dir, fleet.targets)  # a fleet naming no real target fails here
     ref = get_version(settings, *parse_version(model_version))
     registered = engines_of(settings, ref)
     missing = [t for t in fleet.targets if t not in registered]
