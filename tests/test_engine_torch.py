@@ -303,6 +303,11 @@ def test_warm_up_covers_the_serving_path(engines: dict[str, tuple[Path, Built]])
     for ids, mask in _inputs():
         predictor.predict(ids, mask)
     assert counters["stats"]["unique_graphs"] == warmed
+    # A caller in inference mode (as servers and benchmarks often are) must not compile it again.
+    with torch.inference_mode():
+        for ids, mask in _inputs():
+            predictor.predict(ids, mask)
+    assert counters["stats"]["unique_graphs"] == warmed
 
 
 def test_buckets_cover_the_h100_profile() -> None:

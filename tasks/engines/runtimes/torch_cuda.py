@@ -405,7 +405,10 @@ class ProgramPredictor:
         packed[0, :batch, :sequence] = ids
         packed[1, :batch, :sequence] = mask
         packed[1, batch:, :] = 1
-        on_device = torch.from_numpy(packed).to(self.device)  # outside inference mode: see run_on_device
+        # Ordinary tensors even when the caller is in inference mode (a server often is): compiled
+        # code guards on that, and inference tensors would compile the program again (run_on_device).
+        with torch.inference_mode(False):
+            on_device = torch.from_numpy(packed).to(self.device)
         logits = self.run_on_device(on_device[0], on_device[1])
         return np.ascontiguousarray(logits[:batch].cpu().numpy())
 
