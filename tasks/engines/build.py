@@ -11,18 +11,20 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tasks.core.artifacts import StepResult, run_step
 from tasks.core.digests import content_digest, file_sha256
 from tasks.core.errors import EngineCheckFailed, EngineError
-from tasks.core.settings import Settings
 from tasks.engines.canary import CANARY_FILE, read_canary
 from tasks.engines.capabilities import read_capabilities, unmet
 from tasks.engines.check import check_engine
 from tasks.engines.info import ENGINE_JSON, EngineInfo, read_info, write_info
 from tasks.engines.runtime import BuildSource, Built, Runtime
 from tasks.engines.target import Requirements, Target
+
+if TYPE_CHECKING:  # settings are passed in; a device loading engines needs no pydantic-settings
+    from tasks.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

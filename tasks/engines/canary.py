@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
@@ -17,7 +17,9 @@ from pydantic import BaseModel, ValidationError
 from tasks.core.artifacts import StepResult, run_step
 from tasks.core.errors import EngineError
 from tasks.core.models import ModelRef
-from tasks.core.settings import Settings
+
+if TYPE_CHECKING:  # settings are passed in; a device loading engines needs no pydantic-settings
+    from tasks.core.settings import Settings
 
 CANARY_FILE = "canary.json"
 CALIBRATION_FILE = "calibration.json"
