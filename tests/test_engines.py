@@ -18,11 +18,12 @@ from tasks.cli import main
 from tasks.core.errors import ConfigError, EngineCheckFailed, EngineError
 from tasks.core.settings import Settings
 from tasks.engines.capabilities import Capabilities, Gpu, read_capabilities, unmet
-from tasks.engines.info import read_info
-from tasks.engines.target import Requirements, load_target, load_targets
+from tasks.engines.info import CanaryResult, read_info
+from tasks.engines.target import Requirements, Target, load_target, load_targets
 from tasks.fleet.spec import get_fleet, load_fleet
-from tasks.flow.engines import build_engines, build_published_engines
+from tasks.flow.engines import build_engines, build_published_engines, latency_over_budget
 from tasks.flow.pipeline import run_local
+from tasks.gate.gates import TargetBudget
 from tasks.registry.engines import engines_of, logged_outcomes
 from tasks.registry.versions import get_version
 from tasks.report.summary import Summary
@@ -458,3 +459,33 @@ def test_the_demo_fleets_name_real_targets():
         assert set(fleet.targets) <= set(load_targets(REPO_TARGETS))
     with pytest.raises(ConfigError, match=r"no fleet 'canary'.*allowed: production, staging"):
         get_fleet(fleets, "canary")
+
+
+def test_a_gpu_targets_latency_budget_is_judged_on_the_engines_own_timing():
+    gpu = Target.model_validate(
+        CPU_TARGET
+        | {
+            "name": "gpu",
+            "runtime": "torch-cuda",
+            "precision": "fp16",
+            "requires": {"compute_capability": "9.0"},
+        }
+    )
+    cpu = Target.model_validate(CPU_TARGET | {"name": "cpu"})
+    timed = CanaryResult(
+        examples=64,
+        agreement=1.0,
+        max_logit_diff=0.0,
+        passed=True,
+        reason="ok",
+        device="cuda:0",
+        latency_p95_ms=2.5,
+    )
+    untimed = timed.model_copy(update={"latency_p95_ms": None, "device": "cpu"})
+    budget = TargetBudget(name="gpu", max_p95_latency_ms=1.0)
+    assert latency_over_budget(budget, gpu, timed) == "p95 2.50 ms on cuda:0 > 1.00 ms budget (target gpu)"
+    assert latency_over_budget(budget.model_copy(update={"max_p95_latency_ms": 3.0}), gpu, timed) is None
+    # Not timed here (no such GPU): nothing to judge; CPU targets: judged on the side-by-side timing.
+    assert latency_over_budget(budget, gpu, untimed) is None
+    assert latency_over_budget(budget, cpu, timed) is None
+    assert latency_over_budget(None, gpu, timed) is None

@@ -14,10 +14,11 @@ from tasks.core.models import ONNX_FILE
 from tasks.core.settings import Settings
 from tasks.engines.build import build_engine
 from tasks.engines.canary import CALIBRATION_FILE, calibration_step, canary_step
-from tasks.engines.info import read_info
+from tasks.engines.info import CanaryResult, read_info
 from tasks.engines.runtime import BuildSource
-from tasks.engines.target import resolve_targets
+from tasks.engines.target import Target, resolve_targets
 from tasks.flow.pipeline import logged_recipe, version_recipe
+from tasks.gate.gates import TargetBudget
 from tasks.intake.checkpoints import fetch
 from tasks.intake.data import prepare_splits
 from tasks.recipe import Recipe
@@ -96,6 +97,22 @@ def version_canary(settings: Settings, ref: VersionRef, recipe: Recipe | None = 
     )
 
 
+def latency_over_budget(
+    budget: TargetBudget | None, target: Target, check: CanaryResult | None
+) -> str | None:
+    """Why an engine's build-time p95 breaks its recipe's latency budget for the target, if it does.
+    Only where the side-by-side timing did not judge it already (CPU targets are judged there) and
+    only when the build machine timed the engine (it is of the target's kind)."""
+    if budget is None or budget.max_p95_latency_ms is None or target.runtime == "onnxruntime-cpu":
+        return None
+    if check is None or check.latency_p95_ms is None or check.latency_p95_ms <= budget.max_p95_latency_ms:
+        return None
+    return (
+        f"p95 {check.latency_p95_ms:.2f} ms on {check.device} > {budget.max_p95_latency_ms:.2f} ms budget "
+        f"(target {target.name})"
+    )
+
+
 def build_engines(
     settings: Settings,
     model_version: str,
@@ -115,6 +132,7 @@ def build_engines(
     recipe = recipe or version_recipe(settings, ref)
     names = target_names or [t.name for t in recipe.targets]
     targets = resolve_targets(settings.targets_dir, names)
+    budgets = {b.name: b for b in recipe.targets}
     source = build_source(settings, ref)
     canary = version_canary(settings, ref, recipe)
     if any(t.runtime == "tensorrt" and t.precision == "int8" for t in targets.values()):
@@ -130,6 +148,10 @@ def build_engines(
             if target.runtime == "torch-cuda" and source.torch_model is None:
                 raise EngineError(f"target {name}: {torch_model_of(settings, ref)[1]}")
             result = build_engine(settings, source, target, canary, ref.label, version_key(ref))
+            info = read_info(result.path)
+            over = latency_over_budget(budgets.get(name), target, info.check)
+            if over:
+                raise EngineCheckFailed(f"engine of {ref.label} for {name}: {over}; not registered")
         except (EngineCheckFailed, EngineError) as exc:
             if strict:
                 raise
@@ -140,7 +162,6 @@ def build_engines(
                 EngineOutcome(model_version=ref.label, target=name, status=status, reason=str(exc))
             )
             continue
-        info = read_info(result.path)
         record = record_engine(settings, ref, result.path, result.key, info)
         outcomes.append(
             EngineOutcome(
