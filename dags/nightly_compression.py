@@ -124,6 +124,7 @@ def nightly_compression() -> None:
     @task
     def plan_engines(published: list[dict[str, Any]]) -> list[dict[str, str]]:
         from tasks.flow.engines import engine_jobs
+        from tasks.flow.pipeline import logged_recipe
         from tasks.report.summary import Summary
 
         return [
@@ -134,7 +135,10 @@ def nightly_compression() -> None:
                 "recipe_digest": summary["recipe_digest"],
             }
             for summary in published
-            for label, target in engine_jobs(SETTINGS, Summary.model_validate(summary))
+            for label, target in engine_jobs(
+                Summary.model_validate(summary),
+                logged_recipe(SETTINGS, summary["parent_run_id"], summary["recipe_digest"]),
+            )
         ]
 
     # One build per registered version and recipe target: a version the target's runtime cannot

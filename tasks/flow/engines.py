@@ -162,7 +162,8 @@ def build_engines(
                 EngineOutcome(model_version=ref.label, target=name, status=status, reason=str(exc))
             )
             continue
-        record = record_engine(settings, ref, result.path, result.key, info)
+        digest = str(result.manifest.metrics["digest"])
+        record = record_engine(settings, ref, result.path, result.key, digest, info)
         outcomes.append(
             EngineOutcome(
                 model_version=ref.label,
@@ -179,10 +180,9 @@ def build_engines(
     return outcomes
 
 
-def engine_jobs(settings: Settings, summary: Summary) -> list[tuple[str, str]]:
+def engine_jobs(summary: Summary, recipe: Recipe) -> list[tuple[str, str]]:
     """(NAME/VERSION, target) for every version a published run registered or found, and every
     target of its recipe: the nightly run's engine builds."""
-    recipe = logged_recipe(settings, summary.parent_run_id, summary.recipe_digest)
     labels = [f"{summary.registered_model}/{row.version}" for row in summary.rows if row.version]
     return [(label, target.name) for label in labels for target in recipe.targets]
 
@@ -192,7 +192,7 @@ def build_published_engines(settings: Settings, summary: Summary) -> list[Engine
     recipe = logged_recipe(settings, summary.parent_run_id, summary.recipe_digest)
     outcomes = [
         outcome
-        for label, target in engine_jobs(settings, summary)
+        for label, target in engine_jobs(summary, recipe)
         for outcome in build_engines(settings, label, [target], recipe=recipe, strict=False)
     ]
     record_outcomes(settings, summary.parent_run_id, outcomes)

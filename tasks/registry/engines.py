@@ -63,10 +63,10 @@ def engines_of(settings: Settings, ref: VersionRef) -> dict[str, EngineRecord]:
 
 
 def record_engine(
-    settings: Settings, ref: VersionRef, engine_dir: Path, key: str, info: EngineInfo
+    settings: Settings, ref: VersionRef, engine_dir: Path, key: str, digest: str, info: EngineInfo
 ) -> EngineRecord:
-    """Log a checked engine against its model version (once per engine: a rebuild finds it)."""
-    digest = engine_digest(engine_dir)
+    """Log a checked engine (`digest`: its content digest, as its build step recorded it) against
+    its model version, once per engine: a rebuild finds it."""
     known = engines_of(settings, ref).get(info.target)
     if known is not None and known.digest == digest:
         return known

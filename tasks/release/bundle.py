@@ -32,6 +32,7 @@ from pydantic import AwareDatetime, ConfigDict, Field, model_validator
 
 from tasks.core.config import SLUG, Strict
 from tasks.core.errors import ConfigError, EngineCheckFailed, EngineError
+from tasks.core.files import write_atomic
 from tasks.core.locks import file_lock, staging_dir
 from tasks.engines.info import ENGINE_JSON, EngineInfo, read_info
 from tasks.release.keys import key_id, load_private_key
@@ -176,21 +177,6 @@ def _read_counter(path: Path) -> int:
     return int(text)
 
 
-def _write_durably(path: Path, text: str) -> None:
-    """Replace `path` with `text`, synced: a number handed out must survive a crash."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def next_release_number(releases_dir: Path, fleet: str) -> int:
     """A release number for `fleet` greater than every number ever handed out for it.
 
@@ -203,7 +189,7 @@ def next_release_number(releases_dir: Path, fleet: str) -> int:
     counter = folder / COUNTER
     with file_lock(folder / f"{COUNTER}.lock"):
         number = max([_read_counter(counter), *release_numbers(releases_dir, fleet)]) + 1
-        _write_durably(counter, f"{number}\n")
+        write_atomic(counter, f"{number}\n")  # synced: a number handed out must survive a crash
     return number
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tasks.core.errors import ConfigError
+from tasks.core.files import read_bounded, write_atomic
 from tasks.core.locks import file_lock
 
 log = logging.getLogger(__name__)
@@ -51,11 +50,10 @@ def key_id(public_key: ec.EllipticCurvePublicKey) -> str:
 
 def _read_key_file(path: Path, what: str) -> bytes:
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_KEY_BYTES + 1)
+        data = read_bounded(path, MAX_KEY_BYTES)
     except OSError as exc:
         raise ConfigError(f"{what} {path}: cannot be read ({exc.strerror})") from None
-    if len(data) > MAX_KEY_BYTES:
+    if data is None:
         raise ConfigError(f"{what} {path}: larger than {MAX_KEY_BYTES} bytes, not a PEM key")
     return data
 
@@ -94,32 +92,6 @@ def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def public_key_id(path: Path) -> str:
-    """The key id of a PEM public key file."""
-    return key_id(load_public_key(path))
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write `path` whole or not at all: a temporary file beside it (created 0600 by mkstemp, so the
-    private key is never readable by others, not even half-written), then renamed over it."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _key_folder(folder: Path) -> None:
     """Create the key folder 0700; an existing folder is left as it is, with a warning if others can
     write to it (they could replace the key)."""
@@ -154,8 +126,8 @@ def generate_key_pair(private: Path, *, force: bool = False) -> KeyPair:
         public_pem = key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        _write_atomic(public, public_pem, 0o644)
-        _write_atomic(
+        write_atomic(public, public_pem, 0o644)
+        write_atomic(
             private,
             key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

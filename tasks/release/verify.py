@@ -10,7 +10,6 @@ and the fleet.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 from datetime import UTC, datetime
@@ -19,7 +18,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from tasks.core.config import format_errors
+from tasks.core.digests import file_sha256
 from tasks.core.errors import BundleRefused, ConfigError, EngineError
+from tasks.core.files import read_bounded
 from tasks.engines.info import read_info
 from tasks.release.bundle import RELEASE_JSON, Release, signature_path, signing_hash_config
 from tasks.release.keys import key_id, load_public_key
@@ -42,19 +43,13 @@ def _files(bundle: Path) -> list[str]:
     return sorted(found)
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def _read_bounded(path: Path, limit: int, what: str, refuse: _Refuser) -> bytes:
     """The file's bytes; refused when unreadable or larger than `limit` (read no further)."""
     try:
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
+        data = read_bounded(path, limit)
     except OSError as exc:
         raise refuse(f"{what} cannot be read ({exc.strerror})") from None
-    if len(data) > limit:
+    if data is None:
         raise refuse(f"{what} is larger than {limit} bytes")
     return data
 
@@ -95,7 +90,7 @@ class _Refuser:
 
 def _mismatch(bundle: Path, signed: dict[str, str]) -> str:
     """Name what differs between the folder and what was signed, file by file."""
-    actual = {name: _sha256(bundle / name) for name in _files(bundle)}
+    actual = {name: file_sha256(bundle / name) for name in _files(bundle)}
     signed_as: dict[str, list[str]] = {}
     for name, digest in sorted(signed.items()):
         signed_as.setdefault(digest, []).append(name)
@@ -170,7 +165,7 @@ def _check_files(bundle: Path, release: Release, refuse: _Refuser) -> None:
     if absent:
         raise refuse(f"{_listing(absent)}, listed in {RELEASE_JSON}, missing")
     for name, digest in sorted(release.files.items()):
-        if _sha256(bundle / name) != digest:
+        if file_sha256(bundle / name) != digest:
             raise refuse(f"file {name} does not match its sha256 in {RELEASE_JSON}")
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +15,7 @@ from mlflow.entities import Run
 from pydantic import BaseModel, ValidationError
 
 from tasks.core.errors import ConfigError
+from tasks.core.files import write_atomic
 from tasks.core.settings import Settings
 from tasks.gate.candidate import RULE
 from tasks.gate.gates import BUDGET_TIMING
@@ -350,20 +349,6 @@ def run_started(run: Run) -> datetime:
 
 def report_path(settings: Settings, summary: Summary) -> Path:
     return settings.home / "reports" / f"{summary.parent_run_id}.html"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that a reader sees the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_report(
