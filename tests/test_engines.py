@@ -20,7 +20,6 @@ from tasks.core.settings import Settings
 from tasks.engines.capabilities import Capabilities, Gpu, read_capabilities, unmet
 from tasks.engines.info import CanaryResult, read_info
 from tasks.engines.target import Requirements, Target, load_target, load_targets
-from tasks.fleet.spec import get_fleet, load_fleet
 from tasks.flow.engines import build_engines, build_published_engines, latency_over_budget
 from tasks.flow.pipeline import run_local
 from tasks.gate.gates import TargetBudget
@@ -431,34 +430,6 @@ def test_a_tensorrt_int8_target_gets_the_calibration_split_and_fails_in_one_line
     assert not (settings.artifacts_dir / "engine_trt-int8").exists() or not [
         p for p in (settings.artifacts_dir / "engine_trt-int8").iterdir() if not p.name.startswith(".")
     ]
-
-
-@pytest.mark.parametrize(
-    ("data", "expected"),
-    [
-        ({"name": "edge", "targets": []}, "targets: List should have at least 1 item"),
-        ({"name": "edge", "targets": ["cpu", "cpu"]}, "target names must be unique; repeated: cpu"),
-        ({"name": "edge", "targets": ["cpu"], "waves": 3}, "waves = 3: Extra inputs are not permitted"),
-        ({"name": "edge", "targets": ["cpu"], "release_expiry_days": 0}, "release_expiry_days = 0"),
-        ({"name": "other", "targets": ["cpu"]}, "name 'other' must match the file name 'edge'"),
-    ],
-)
-def test_a_bad_fleet_fails_at_load_with_one_line(tmp_path: Path, data: dict[str, Any], expected: str):
-    path = tmp_path / "edge.yaml"
-    path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ConfigError) as caught:
-        load_fleet(path)
-    assert str(caught.value).startswith(f"fleet {path}: ") and expected in str(caught.value)
-    assert "\n" not in str(caught.value)
-
-
-def test_the_demo_fleets_name_real_targets():
-    fleets = Path(__file__).resolve().parents[1] / "fleets"
-    for name in ("staging", "production"):
-        fleet = get_fleet(fleets, name)
-        assert set(fleet.targets) <= set(load_targets(REPO_TARGETS))
-    with pytest.raises(ConfigError, match=r"no fleet 'canary'.*allowed: production, staging"):
-        get_fleet(fleets, "canary")
 
 
 def test_a_gpu_targets_latency_budget_is_judged_on_the_engines_own_timing():

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     release_expiry_days: int = Field(
         default=30, ge=1, description="Days a signed release bundle stays valid on devices."
     )
+    fleet_channel: str = Field(
+        default="",
+        description="Fleet channel URI (file:///... or s3://bucket/prefix) that agents poll; "
+        "default <home>/channel.",
+    )
 
     @field_validator("home", "signing_key")
     @classmethod
@@ -86,6 +91,10 @@ class Settings(BaseSettings):
     @cached_property
     def store_uri(self) -> str:
         return self.checkpoint_store or (self.home / "store").as_uri()
+
+    @cached_property
+    def channel_uri(self) -> str:
+        return self.fleet_channel or (self.home / "channel").as_uri()
 
     @cached_property
     def tracking_uri(self) -> str:
@@ -140,6 +149,7 @@ class Settings(BaseSettings):
             "SLIMLINE_MAX_POSITIONS": str(self.max_positions),
             "SLIMLINE_SIGNING_KEY": str(self.signing_key),
             "SLIMLINE_RELEASE_EXPIRY_DAYS": str(self.release_expiry_days),
+            "SLIMLINE_FLEET_CHANNEL": self.channel_uri,
         }
         if self.s3_endpoint_url:
             env["SLIMLINE_S3_ENDPOINT_URL"] = self.s3_endpoint_url

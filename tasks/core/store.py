@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from tasks.core.errors import StoreError
+from tasks.core.files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,15 @@ class ObjectInfo:
     size: int
     etag: str
     kind: str = "file"  # file | symbolic link | hard link to a file outside the listing | device
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A small object read whole: its bytes (None when unchanged since the caller's `etag`, so a
+    poller pays one cheap request per cycle) and its change tag."""
+
+    data: bytes | None
+    etag: str
 
 
 def _entry_kind(mode: int) -> str:
@@ -48,6 +58,19 @@ class ObjectStore(Protocol):
     def download(self, key: str, dest: Path) -> None: ...
 
     def upload(self, src: Path, key: str) -> None: ...
+
+    def get(self, key: str, limit: int, if_none_match: str | None = None) -> Fetched | None:
+        """The object's bytes (at most `limit`; a larger one is refused), None when there is no
+        such object, or `Fetched(None, etag)` when its tag still equals `if_none_match`."""
+        ...
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write a small object whole: readers see the old bytes or the new, never a part."""
+        ...
+
+
+def _too_large(uri: str, key: str, limit: int) -> StoreError:
+    return StoreError(f"{uri}/{key} is larger than {limit} bytes; refused")
 
 
 def _clean_prefix(prefix: str) -> str:
@@ -104,6 +127,33 @@ class FileStore:
         os.close(fd)
         shutil.copyfile(src, tmp)
         os.replace(tmp, dest)
+
+    def get(self, key: str, limit: int, if_none_match: str | None = None) -> Fetched | None:
+        if not self.root.is_dir():
+            raise StoreError(f"store {self.uri} is unreachable: {self.root} is not a directory")
+        path = self._path(key)
+        try:
+            # O_NOFOLLOW: a link planted in the store is refused, not followed; the tag and the
+            # bytes come from one open file, so a concurrent replace cannot mix two versions.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"{self.uri}/{key} cannot be read ({exc.strerror})") from None
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise StoreError(f"{self.uri}/{key} is not a file")
+            etag = f"{info.st_mtime_ns:x}-{info.st_size:x}-{info.st_ino:x}"
+            if etag == if_none_match:
+                return Fetched(None, etag)
+            data = handle.read(limit + 1)
+        if len(data) > limit:
+            raise _too_large(self.uri, key, limit)
+        return Fetched(data, etag)
+
+    def put(self, key: str, data: bytes) -> None:
+        write_atomic(self._path(key), data)
 
 
 class S3Store:
@@ -176,6 +226,37 @@ class S3Store:
             Filename=str(src),
             Bucket=self.bucket,
             Key=self._key(key),
+        )
+
+    def get(self, key: str, limit: int, if_none_match: str | None = None) -> Fetched | None:
+        from botocore.exceptions import ClientError
+
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
+        if if_none_match:
+            kwargs["IfNoneMatch"] = f'"{if_none_match}"'
+        try:
+            response = self._call(f"read of {key}", self.client.get_object, **kwargs)
+        except StoreError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError):
+                code = str(cause.response.get("Error", {}).get("Code", ""))
+                if code in ("NoSuchKey", "404"):
+                    return None
+                if code in ("304", "NotModified") and if_none_match:
+                    return Fetched(None, if_none_match)
+            raise
+        etag = str(response["ETag"]).strip('"')
+        with response["Body"] as body:
+            if int(response.get("ContentLength", 0)) > limit:
+                raise _too_large(self.uri, key, limit)
+            data = body.read(limit + 1)
+        if len(data) > limit:
+            raise _too_large(self.uri, key, limit)
+        return Fetched(data, etag)
+
+    def put(self, key: str, data: bytes) -> None:
+        self._call(
+            f"write of {key}", self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data
         )
 
 

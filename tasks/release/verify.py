@@ -10,6 +10,7 @@ and the fleet.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from datetime import UTC, datetime
@@ -181,6 +182,116 @@ def _check_engines(bundle: Path, release: Release, refuse: _Refuser) -> None:
             raise refuse(f"{folder} holds an engine of {info.model_version}, not {release.model_version}")
 
 
+def _signed_manifest(signature: _Signature, trusted_key: Path, refuse: _Refuser) -> dict[str, str]:
+    """file → sha256 as signed, once the envelope verifies with the trusted key: what a device that
+    downloads only part of a bundle checks its files against. model-signing 1.1.1 verifies an
+    envelope only together with a whole folder in its public API; its verifier object does the
+    envelope alone (the package is pinned)."""
+    from cryptography.exceptions import InvalidSignature
+    from model_signing import verifying
+    from model_signing._signing import sign_sigstore_pb
+
+    verifier = verifying.Config().use_elliptic_key_verifier(public_key=trusted_key)._verifier
+    assert verifier is not None
+    try:
+        manifest = verifier.verify(sign_sigstore_pb.Signature.read(signature.path))
+    except InvalidSignature:
+        raise refuse(
+            f"signature {signature.path} does not verify with the trusted key (forged or corrupted)"
+        ) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise refuse(f"signature {signature.path} is malformed ({str(exc).splitlines()[0][:200]})") from None
+    return {str(rd.identifier): rd.digest.digest_hex for rd in manifest.resource_descriptors()}
+
+
+def _judge(
+    release: Release,
+    refuse: _Refuser,
+    *,
+    current_release: int | None,
+    fleet: str | None,
+    now: datetime | None,
+) -> None:
+    """Expiry (when `now` is given), replay and fleet: what makes a genuine release wrong here."""
+    if now is not None and now >= release.expires_at:
+        raise refuse(
+            f"release {release.number} expired at {release.expires_at.isoformat()}, "
+            f"now {now.replace(microsecond=0).isoformat()}"
+        )
+    if current_release is not None and release.number <= current_release:
+        raise refuse(
+            f"release {release.number} is not newer than the device's current release {current_release} "
+            "(replay refused)"
+        )
+    if fleet is not None and release.fleet != fleet:
+        raise refuse(f"release {release.number} is for fleet {release.fleet}, not {fleet}")
+
+
+def _trusted(trusted_key: Path, refuse: _Refuser) -> str:
+    try:
+        return key_id(load_public_key(Path(trusted_key)))
+    except ConfigError as exc:
+        raise refuse(f"trusted {exc}") from None
+
+
+def verify_release_json(
+    folder: Path,
+    trusted_key: Path,
+    *,
+    signature: Path,
+    current_release: int | None = None,
+    fleet: str | None = None,
+    now: datetime | None = None,
+) -> Release:
+    """A release read from `folder/release.json` alone, before any engine is downloaded: the
+    signature envelope verifies with the trusted key, release.json is the file that was signed,
+    and every other file it lists was signed with the same digest (so the digests in release.json
+    may be believed for the files fetched later, see `verify_files`). `now` None skips the expiry
+    (an installed release keeps serving past it); `current_release` and `fleet` as in verify_bundle."""
+    refuse = _Refuser(Path(folder))
+    trusted_id = _trusted(trusted_key, refuse)
+    signed = _Signature(Path(signature), refuse)
+    if signed.key_id != trusted_id:
+        raise refuse(f"signed by another key (key id {signed.key_id[:16]}…, trusted {trusted_id[:16]}…)")
+    manifest = _signed_manifest(signed, Path(trusted_key), refuse)
+    path = Path(folder) / RELEASE_JSON
+    if RELEASE_JSON not in manifest:
+        raise refuse(f"the signature does not cover {RELEASE_JSON}")
+    data = _read_bounded(path, MAX_RELEASE_BYTES, RELEASE_JSON, refuse)
+    if hashlib.sha256(data).hexdigest() != manifest[RELEASE_JSON]:
+        raise refuse(f"file {RELEASE_JSON} does not match its signature (edited or replaced)")
+    try:
+        release = Release.model_validate_json(data)
+    except ValidationError as exc:
+        raise refuse(f"{RELEASE_JSON} is not a valid release ({format_errors(exc)})") from None
+    if release.signer_key_id != trusted_id:
+        raise refuse(f"{RELEASE_JSON} names signer {release.signer_key_id[:16]}…, trusted {trusted_id[:16]}…")
+    if {**release.files, RELEASE_JSON: manifest[RELEASE_JSON]} != manifest:
+        raise refuse(f"the files {RELEASE_JSON} lists are not the files that were signed")
+    _judge(release, refuse, current_release=current_release, fleet=fleet, now=now)
+    return release
+
+
+def verify_files(folder: Path, release: Release, names: list[str]) -> None:
+    """Each of `names` (paths inside the bundle) is in `folder` with the digest `release` (already
+    verified) lists, and `folder` holds nothing else but release.json."""
+    refuse = _Refuser(Path(folder))
+    unknown = sorted(set(names) - set(release.files))
+    if unknown:
+        raise refuse(f"{_listing(unknown)} not in release {release.number}")
+    present = set(_files(Path(folder))) - {RELEASE_JSON}
+    extra = sorted(present - set(names))
+    if extra:
+        raise refuse(f"{_listing(extra)} not expected here")
+    absent = sorted(set(names) - present)
+    if absent:
+        raise refuse(f"{_listing(absent)} missing")
+    for name in sorted(names):
+        path = Path(folder) / name
+        if path.is_symlink() or file_sha256(path) != release.files[name]:
+            raise refuse(f"file {name} does not match its sha256 in {RELEASE_JSON} (edited or replaced)")
+
+
 def verify_bundle(
     bundle: Path,
     trusted_key: Path,
@@ -202,10 +313,7 @@ def verify_bundle(
         raise ConfigError(f"now = {now}: needs a time zone")
     if not bundle.is_dir():
         raise refuse("no such folder")
-    try:
-        trusted_id = key_id(load_public_key(Path(trusted_key)))
-    except ConfigError as exc:
-        raise refuse(f"trusted {exc}") from None
+    trusted_id = _trusted(trusted_key, refuse)
     signed = _Signature(Path(signature) if signature is not None else signature_path(bundle), refuse)
     if signed.key_id != trusted_id:
         raise refuse(f"signed by another key (key id {signed.key_id[:16]}…, trusted {trusted_id[:16]}…)")
@@ -216,17 +324,5 @@ def verify_bundle(
         raise refuse(f"{RELEASE_JSON} names signer {release.signer_key_id[:16]}…, trusted {trusted_id[:16]}…")
     _check_files(bundle, release, refuse)
     _check_engines(bundle, release, refuse)
-    now = now or datetime.now(UTC)
-    if now >= release.expires_at:
-        raise refuse(
-            f"release {release.number} expired at {release.expires_at.isoformat()}, "
-            f"now {now.replace(microsecond=0).isoformat()}"
-        )
-    if current_release is not None and release.number <= current_release:
-        raise refuse(
-            f"release {release.number} is not newer than the device's current release {current_release} "
-            "(replay refused)"
-        )
-    if fleet is not None and release.fleet != fleet:
-        raise refuse(f"release {release.number} is for fleet {release.fleet}, not {fleet}")
+    _judge(release, refuse, current_release=current_release, fleet=fleet, now=now or datetime.now(UTC))
     return release
