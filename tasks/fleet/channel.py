@@ -47,6 +47,11 @@ class DesiredState(Strict):
     expires_at: AwareDatetime
     release: int | None = Field(None, ge=1, description="The fleet's release; None before the first.")
     devices: dict[str, int] = Field(default_factory=dict, description="Device → release, for a wave.")
+    targets: list[str] = Field(
+        default_factory=list,
+        description="The fleet's targets in order of preference: a device runs "
+        "the first whose engine it can run.",
+    )
     health: Health = Field(default_factory=Health, description="What a device checks before it switches.")
     note: str = Field("", description="Why: the rollout and wave, or the rollback, that published it.")
 
