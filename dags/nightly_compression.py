@@ -6,37 +6,18 @@ Airflow (`slimline run`). Top-level code imports nothing heavy: the scheduler pa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Asset, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from tasks.core.errors import IncompleteRun, SlimlineError
+from tasks.core.errors import IncompleteRun
 from tasks.core.settings import Settings
+from tasks.flow.dag_support import CANDIDATE_ASSET_URI, NETWORK_RETRIES, fail_fast_on_permanent_errors
 
 SETTINGS = Settings()
-# Steps that touch the object store or the tracking server retry with back-off.
-NETWORK_RETRIES: dict[str, Any] = {
-    "retries": 3,
-    "retry_delay": timedelta(seconds=20),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=10),
-}
-
-
-@contextmanager
-def fail_fast_on_permanent_errors() -> Iterator[None]:
-    """A refused checkpoint or a bad recipe fails the same way on every try: no retries."""
-    try:
-        yield
-    except SlimlineError as exc:
-        if exc.transient:
-            raise
-        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
 @dag(
@@ -98,7 +79,16 @@ def nightly_compression() -> None:
             outcome = run_variant(SETTINGS, prepared, job["variant"])
         return {"prepared": job["prepared"], "outcome": outcome.model_dump(mode="json")}
 
-    @task(**(NETWORK_RETRIES | {"trigger_rule": "all_done"}))
+    # Publishing registers versions and may move `candidate`: fleet_release runs on this asset.
+    @task(
+        **(
+            NETWORK_RETRIES
+            | {
+                "trigger_rule": "all_done",
+                "outlets": [Asset(uri=CANDIDATE_ASSET_URI, name="slimline_candidate")],
+            }
+        )
+    )
     def publish(results: list[dict[str, Any]], checkpoints: list[str]) -> list[dict[str, Any]]:
         from tasks.flow.pipeline import Prepared, VariantOutcome, publish
 

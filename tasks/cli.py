@@ -268,6 +268,23 @@ def cmd_release_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release_approve(args: argparse.Namespace) -> int:
+    import getpass
+
+    from tasks.flow.approval import AirflowApi, answer_approval
+
+    settings = _settings(args)
+    password = os.environ.get("SLIMLINE_AIRFLOW_PASSWORD")
+    if args.user and password is None:
+        password = getpass.getpass(f"Airflow password for {args.user}: ")
+    api = AirflowApi(args.api_url or settings.airflow_api_url, args.user, password)
+    answered = answer_approval(api, args.fleet, args.release, approve=not args.reject, comment=args.comment)
+    verb = "rejected" if args.reject else "approved"
+    print(f"release {answered.release} of {answered.model_version} to fleet {answered.fleet}: {verb}")
+    print(f"run:     {answered.dag_run_id}")
+    return 0
+
+
 def _release_number(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a release number (0, 1, 2, ...)")
@@ -474,6 +491,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     release_verify.add_argument("--fleet", metavar="F", help="the device's fleet; the bundle must be for it")
     release_verify.set_defaults(func=cmd_release_verify)
+    approve = relsub.add_parser(
+        "approve",
+        help="approve (or reject) a release waiting in fleet_release, through Airflow's REST API",
+        description="Answer the human-in-the-loop approval of the fleet_release run that waits with a "
+        "release for fleet F, as the Required Actions page of Airflow's UI would: who answered and "
+        "when is recorded with the rollout. Needs Airflow's api-server (`slimline fleet release` "
+        "starts one on 127.0.0.1 for fleets that require approval). With --user, the password comes "
+        "from $SLIMLINE_AIRFLOW_PASSWORD or a prompt.",
+    )
+    approve.add_argument("--fleet", required=True, metavar="F", help="the fleet whose release waits")
+    approve.add_argument(
+        "--release", type=_release_number, metavar="N", help="its release number, when several wait"
+    )
+    approve.add_argument("--reject", action="store_true", help="reject instead of approving")
+    approve.add_argument("--comment", default="", help="why; kept with the release's record")
+    approve.add_argument("--user", help="Airflow user (simple auth manager); default: anonymous admin")
+    approve.add_argument("--api-url", metavar="URL", help="Airflow API (default $SLIMLINE_AIRFLOW_API_URL)")
+    approve.set_defaults(func=cmd_release_approve)
     return parser
 
 

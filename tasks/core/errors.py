@@ -107,3 +107,9 @@ class BundleRefused(SlimlineError):
     """A release bundle failed verification: signature, a digest, its expiry or its release number."""
 
     exit_code = 15
+
+
+class RolloutAborted(SlimlineError):
+    """A rollout stopped on its abort criteria (or did not finish) and the fleet was rolled back."""
+
+    exit_code = 16

@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     release_expiry_days: int = Field(
         default=30, ge=1, description="Days a signed release bundle stays valid on devices."
     )
+    airflow_api_url: str = Field(
+        default="http://127.0.0.1:8080",
+        description="Airflow's REST API (its api-server), where approvals are answered.",
+    )
+    rollout_poke_seconds: float = Field(
+        default=30, gt=0, description="How often fleet_release reads device reports during a wave."
+    )
     fleet_channel: str = Field(
         default="",
         description="Fleet channel URI (file:///... or s3://bucket/prefix) that agents poll; "
@@ -150,6 +157,8 @@ class Settings(BaseSettings):
             "SLIMLINE_SIGNING_KEY": str(self.signing_key),
             "SLIMLINE_RELEASE_EXPIRY_DAYS": str(self.release_expiry_days),
             "SLIMLINE_FLEET_CHANNEL": self.channel_uri,
+            "SLIMLINE_AIRFLOW_API_URL": self.airflow_api_url,
+            "SLIMLINE_ROLLOUT_POKE_SECONDS": str(self.rollout_poke_seconds),
         }
         if self.s3_endpoint_url:
             env["SLIMLINE_S3_ENDPOINT_URL"] = self.s3_endpoint_url

@@ -131,7 +131,8 @@ class FileStore:
     def get(self, key: str, limit: int, if_none_match: str | None = None) -> Fetched | None:
         if not self.root.is_dir():
             raise StoreError(f"store {self.uri} is unreachable: {self.root} is not a directory")
-        path = self._path(key)
+        self._path(key)  # refuses a key (or a link) that leads outside the root
+        path = self.root / _clean_prefix(key)
         try:
             # O_NOFOLLOW: a link planted in the store is refused, not followed; the tag and the
             # bytes come from one open file, so a concurrent replace cannot mix two versions.

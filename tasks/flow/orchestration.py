@@ -4,17 +4,23 @@ Airflow; nothing here is needed there."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from pydantic import BaseModel
 
@@ -128,6 +134,54 @@ def dags_test(settings: Settings, dag_id: str, conf: dict[str, Any], echo: bool 
             f"log: {log_path}"
         )
     return result
+
+
+@contextmanager
+def api_server(settings: Settings, env: dict[str, str] | None = None, timeout: float = 120) -> Iterator[str]:
+    """Airflow's api-server on the metadata DB the DAG runs use, at `settings.airflow_api_url`
+    (127.0.0.1 only), for the time of the block: where human-in-the-loop answers go (on Airflow
+    3.3 `airflow dags test` waits for one and cannot give it). `env` adds variables (users of the
+    simple auth manager, say). Yields the base URL once the API answers."""
+    url = settings.airflow_api_url.rstrip("/")
+    parsed = urlparse(url)
+    if parsed.hostname not in ("127.0.0.1", "localhost") or parsed.port is None:
+        raise OrchestrationError(f"airflow_api_url {url}: an embedded api-server listens on 127.0.0.1:PORT")
+    ensure_database(settings)
+    log_path = settings.home / "logs" / "api-server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [_airflow(), "api-server", "--host", "127.0.0.1", "--port", str(parsed.port), "--workers", "1"]
+    with log_path.open("a") as sink:
+        proc = subprocess.Popen(
+            command,
+            env={**airflow_environment(settings), **(env or {})},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its workers are stopped with it, as a group
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise OrchestrationError(f"airflow api-server exited {proc.returncode}; log: {log_path}")
+            try:
+                with urllib.request.urlopen(f"{url}/api/v2/version", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise OrchestrationError(f"airflow api-server did not answer on {url} in {timeout:.0f} s")
+            time.sleep(0.5)
+        log.info("airflow api-server on %s (log %s)", url, log_path)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _first_error(log_path: Path) -> str:

@@ -253,9 +253,13 @@ def register_version(
 
 
 def set_alias(settings: Settings, recipe: Recipe, alias: str, version: str) -> None:
+    """Point the recipe's model's `alias` at `version` (see move_alias)."""
+    move_alias(settings, registered_model_name(settings, recipe), alias, version)
+
+
+def move_alias(settings: Settings, name: str, alias: str, version: str) -> None:
     """Point `alias` at `version`, which must be READY: an alias never names a version without files."""
     mlflow = client(settings)
-    name = registered_model_name(settings, recipe)
     try:
         status = mlflow.get_model_version(name, version).status
         if status != "READY":
