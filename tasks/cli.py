@@ -15,6 +15,7 @@ from tasks.core.errors import SlimlineError
 from tasks.core.settings import Settings
 
 if TYPE_CHECKING:
+    from tasks.fleet.channel import Channel
     from tasks.recipe import Recipe
 
 
@@ -268,6 +269,57 @@ def cmd_release_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _channel(settings: Settings, fleet: str) -> Channel:
+    from tasks.core.store import open_store
+    from tasks.fleet.channel import Channel
+
+    return Channel(open_store(settings.channel_uri, settings.s3_endpoint_url), fleet)
+
+
+def cmd_fleet_status(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from tasks.fleet.spec import get_fleet
+    from tasks.fleet.status import fleet_status
+    from tasks.release.keys import load_public_key, public_key_path
+    from tasks.report.fleet import print_fleet_status
+    from tasks.report.fleet_html import fleet_report_path, write_fleet_report
+
+    settings = _settings(args)
+    fleet = get_fleet(settings.fleets_dir, args.fleet)
+    trusted = load_public_key(public_key_path(settings.signing_key))
+    status = fleet_status(_channel(settings, fleet.name), trusted, datetime.now(UTC))
+    if args.json:
+        print(status.model_dump_json(indent=2))
+    else:
+        print_fleet_status(status)
+    if args.html is not None:
+        path = write_fleet_report(status, args.html or fleet_report_path(settings.home, fleet.name))
+        # With --json, stdout carries the JSON alone.
+        print(f"page: {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def cmd_fleet_rollback(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from tasks.fleet.rollout import fleet_rollback
+    from tasks.fleet.spec import get_fleet
+
+    settings = _settings(args)
+    fleet = get_fleet(settings.fleets_dir, args.fleet)
+    record = fleet_rollback(
+        _channel(settings, fleet.name),
+        fleet,
+        settings.releases_dir,
+        settings.signing_key,
+        args.reason,
+        datetime.now(UTC),
+    )
+    print(f"fleet {fleet.name}: {record.reason}")
+    return 0
+
+
 def _release_number(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a release number (0, 1, 2, ...)")
@@ -474,6 +526,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     release_verify.add_argument("--fleet", metavar="F", help="the device's fleet; the bundle must be for it")
     release_verify.set_defaults(func=cmd_release_verify)
+
+    fleet = sub.add_parser("fleet", help="what a fleet runs, and rolling it back")
+    fsub = fleet.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fleet_status = fsub.add_parser(
+        "status",
+        help="each device's release, attempt and health, the desired state and the latest rollout",
+        description="Read fleet F's channel ($SLIMLINE_FLEET_CHANNEL, default <home>/channel): per device "
+        "its labels, its wave, the release the desired state tells it to run, the target, release and "
+        "model version it runs, its last attempt and result, its canary health (agreement, accuracy, "
+        "p95 latency, errors) and the age of its last report; the desired state, checked against the "
+        "release key's public half; the latest rollout with each wave's counts and decision.",
+    )
+    fleet_status.add_argument("fleet", metavar="F", help="fleet name (fleets/F.yaml)")
+    fleet_status.add_argument(
+        "--html",
+        nargs="?",
+        const="",
+        type=Path,
+        metavar="PATH",
+        help="also write the HTML page, to PATH or by default <home>/reports/fleet-F.html",
+    )
+    fleet_status.add_argument("--json", action="store_true", help="print the status as JSON instead")
+    fleet_status.set_defaults(func=cmd_fleet_status)
+    fleet_rollback = fsub.add_parser(
+        "rollback",
+        help="return every device of fleet F to the release before its latest rollout",
+        description="Bundle the release that was the fleet's before its latest rollout again, as a new "
+        "and higher release number (devices refuse a number they have passed), signed with the release "
+        "key, publish it to the channel and tell every device, including those that already switched, "
+        "to run it. With no release before it, publishes a desired state naming none, so no further "
+        "device installs the rolled-out release (devices that have it keep serving it). Recorded in "
+        "the rollout's record; running it again changes nothing.",
+    )
+    fleet_rollback.add_argument("fleet", metavar="F", help="fleet name (fleets/F.yaml)")
+    fleet_rollback.add_argument(
+        "--reason",
+        default="rolled back by hand (slimline fleet rollback)",
+        metavar="TEXT",
+        help="why, recorded in the rollout record and the desired state's note",
+    )
+    fleet_rollback.set_defaults(func=cmd_fleet_rollback)
     return parser
 
 

@@ -185,12 +185,13 @@ class Channel:
         trusted: Any,
         *,
         seen_version: int | None,
-        now: datetime,
+        now: datetime | None,
         etag: str | None = None,
     ) -> tuple[DesiredState | None, str | None]:
         """(the verified desired state, its tag); (None, tag) when unchanged since `etag`, (None,
         None) when none was published. BundleRefused when it is unsigned, forged, for another
-        fleet, older than `seen_version` or expired."""
+        fleet, older than `seen_version` or expired; `now` None leaves the expiry unjudged (the
+        release side reading what it last published, to publish the next version)."""
         fetched = self.store.get(self.desired_key, MAX_METADATA_BYTES, if_none_match=etag)
         if fetched is None:
             return None, None
@@ -205,7 +206,11 @@ class Channel:
         if state.fleet != self.fleet:
             raise BundleRefused(f"{what}: it is fleet {state.fleet}'s")
         check_fresh(
-            what, version=state.version, seen_version=seen_version, expires_at=state.expires_at, now=now
+            what,
+            version=state.version,
+            seen_version=seen_version,
+            expires_at=state.expires_at,
+            now=now or state.issued_at,
         )
         return state, fetched.etag
 
