@@ -294,7 +294,9 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     else:
         print_fleet_status(status)
     if args.html is not None:
-        path = write_fleet_report(status, args.html or fleet_report_path(settings.home, fleet.name))
+        path = write_fleet_report(
+            status, Path(args.html) if args.html else fleet_report_path(settings.home, fleet.name)
+        )
         # With --json, stdout carries the JSON alone.
         print(f"page: {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
@@ -542,8 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet_status.add_argument(
         "--html",
         nargs="?",
-        const="",
-        type=Path,
+        const="",  # a string: argparse would turn a Path const into "."
         metavar="PATH",
         help="also write the HTML page, to PATH or by default <home>/reports/fleet-F.html",
     )

@@ -178,7 +178,8 @@ def start_rollout(
             "let it finish or roll it back first"
         )
     desired = current_desired(channel, load_private_key(private_key).public_key())
-    highest = highest_release(desired)
+    # Devices may hold the latest rollout's release even after a rollback that restored nothing.
+    highest = max(highest_release(desired), latest.release if latest is not None else 0)
     if release.number <= highest:
         raise ConfigError(
             f"release {release.number} is not above release {highest}, which devices of fleet "

@@ -3,6 +3,7 @@ page (fleet_html), so both say the same."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 
 from rich.console import Console
@@ -45,6 +46,7 @@ WAVE_HEADERS = [
 ]
 NUMERIC = {"devices", "assigned", "succeeded", "failed", "rejected", "timed out", "pending", "threshold"}
 NUMERIC |= {"agreement", "accuracy", "p95 ms", "errors"}
+WIDE = {"reason": 40, "last attempt": 28}  # the columns worth reading whole get the room
 DECISION_STYLES = {"succeeded": "green", "aborted": "red"}
 
 
@@ -54,6 +56,11 @@ def _release(number: int | None) -> str:
 
 def _when(moment: datetime | None) -> str:
     return "—" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _clock(moment: datetime | None) -> str:
+    """A wave's times, short: the date is in the rollout's line."""
+    return "—" if moment is None else f"{moment:%m-%d %H:%M}"
 
 
 def age_text(seconds: float | None) -> str:
@@ -96,24 +103,24 @@ def device_rows(status: FleetStatus) -> list[list[str]]:
 
 
 def wave_rows(record: RolloutRecord) -> list[list[str]]:
-    return [
-        [
-            w.name,
-            str(len(w.devices)),
-            str(len(w.assigned)),
-            str(w.counts.succeeded),
-            str(w.counts.failed),
-            str(w.counts.rejected),
-            str(w.counts.timed_out),
-            str(w.counts.pending),
-            f"{w.success_threshold:g}%",
-            _when(w.started_at),
-            _when(w.deadline),
-            w.decision,
-            w.reason,
-        ]
-        for w in record.waves
-    ]
+    rows = []
+    for w in record.waves:
+        c = w.counts
+        counts = [c.succeeded, c.failed, c.rejected, c.timed_out, c.pending]
+        rows.append(
+            [
+                w.name,
+                str(len(w.devices)),
+                str(len(w.assigned)),
+                *(str(n) if w.started_at else "—" for n in counts),
+                f"{w.success_threshold:g}%",
+                _clock(w.started_at),
+                _clock(w.deadline),
+                w.decision,
+                w.reason,
+            ]
+        )
+    return rows
 
 
 def desired_text(status: FleetStatus) -> str:
@@ -124,7 +131,8 @@ def desired_text(status: FleetStatus) -> str:
             if status.desired_problem
             else ("desired state: none published")
         )
-    wave = f"; release {sorted(set(d.devices.values()))} for {len(d.devices)} devices" if d.devices else ""
+    counted = Counter(d.devices.values())
+    wave = "".join(f"; release {r} for {n} named devices" for r, n in sorted(counted.items()))
     line = (
         f"desired state v{d.version}: release {_release(d.release)} for the fleet{wave}; "
         f"issued {_when(d.issued_at)}, expires {_when(d.expires_at)}"
@@ -157,7 +165,9 @@ def rollout_text(record: RolloutRecord | None) -> str:
 def fleet_tables(status: FleetStatus) -> list[Table]:
     devices = Table(title=f"fleet {status.fleet}: {len(status.devices)} devices", title_justify="left")
     for column in DEVICE_HEADERS:
-        devices.add_column(column, justify="right" if column in NUMERIC else "left")
+        devices.add_column(
+            column, justify="right" if column in NUMERIC else "left", min_width=WIDE.get(column)
+        )
     # Text cells: what devices report is shown as written, never read as rich markup.
     for cells in device_rows(status):
         devices.add_row(*(Text(c) for c in cells))
@@ -169,7 +179,9 @@ def fleet_tables(status: FleetStatus) -> list[Table]:
             caption=Text(approval_text(status.rollout)),
         )
         for column in WAVE_HEADERS:
-            waves.add_column(column, justify="right" if column in NUMERIC else "left")
+            waves.add_column(
+                column, justify="right" if column in NUMERIC else "left", min_width=WIDE.get(column)
+            )
         decision = WAVE_HEADERS.index("decision")
         for cells in wave_rows(status.rollout):
             waves.add_row(
