@@ -46,7 +46,6 @@ WAVE_HEADERS = [
 ]
 NUMERIC = {"devices", "assigned", "succeeded", "failed", "rejected", "timed out", "pending", "threshold"}
 NUMERIC |= {"agreement", "accuracy", "p95 ms", "errors"}
-WIDE = {"reason": 40, "last attempt": 28}  # the columns worth reading whole get the room
 DECISION_STYLES = {"succeeded": "green", "aborted": "red"}
 
 
@@ -165,9 +164,7 @@ def rollout_text(record: RolloutRecord | None) -> str:
 def fleet_tables(status: FleetStatus) -> list[Table]:
     devices = Table(title=f"fleet {status.fleet}: {len(status.devices)} devices", title_justify="left")
     for column in DEVICE_HEADERS:
-        devices.add_column(
-            column, justify="right" if column in NUMERIC else "left", min_width=WIDE.get(column)
-        )
+        devices.add_column(column, justify="right" if column in NUMERIC else "left")
     # Text cells: what devices report is shown as written, never read as rich markup.
     for cells in device_rows(status):
         devices.add_row(*(Text(c) for c in cells))
@@ -179,9 +176,7 @@ def fleet_tables(status: FleetStatus) -> list[Table]:
             caption=Text(approval_text(status.rollout)),
         )
         for column in WAVE_HEADERS:
-            waves.add_column(
-                column, justify="right" if column in NUMERIC else "left", min_width=WIDE.get(column)
-            )
+            waves.add_column(column, justify="right" if column in NUMERIC else "left")
         decision = WAVE_HEADERS.index("decision")
         for cells in wave_rows(status.rollout):
             waves.add_row(
