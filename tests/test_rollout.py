@@ -521,6 +521,12 @@ def test_rollback_without_a_previous_release_stops_further_installs(
     )
     record, _, now = drive(channel, fleet, record, keys, public, lambda d, r: "failed")
     assert record.state == "aborted"
+    with pytest.raises(ConfigError, match="release 1 was aborted and not rolled back; roll it back first"):
+        start_rollout(
+            channel, fleet, bundle_of(tmp_path, tmp_path / "releases", keys, GOOD, 4096), keys.private, now
+        )
+    with pytest.raises(ConfigError, match=r"holds no release\.json: not a release bundle"):
+        start_rollout(channel, fleet, tmp_path, keys.private, now)
     record = fleet_rollback(channel, fleet, tmp_path / "releases", keys.private, "canary failed", now)
     assert record.rollback is not None and record.rollback.release is None
     assert record.reason == "release 1 stopped: no release to roll back to: canary failed"

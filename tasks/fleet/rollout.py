@@ -163,7 +163,10 @@ def start_rollout(
     started already. ConfigError when the release is another fleet's, not above the fleet's
     current release, another rollout is under way, or approval is required and missing; a
     rejected or timed-out approval is recorded as an aborted rollout that publishes nothing."""
-    release = Release.model_validate_json((Path(bundle) / RELEASE_JSON).read_text(encoding="utf-8"))
+    path = Path(bundle) / RELEASE_JSON
+    if not path.is_file():
+        raise ConfigError(f"{bundle} holds no {RELEASE_JSON}: not a release bundle (write_bundle's folder)")
+    release = Release.model_validate_json(path.read_text(encoding="utf-8"))
     existing = load_rollout(channel, release.number)
     if existing is not None:
         return existing
@@ -176,6 +179,12 @@ def start_rollout(
         raise ConfigError(
             f"fleet {fleet.name}: the rollout of release {latest.release} is {latest.state}; "
             "let it finish or roll it back first"
+        )
+    if latest is not None and latest.state == "aborted" and any(w.assigned for w in latest.waves):
+        # Its devices hold a release the next rollout's desired state would not name.
+        raise ConfigError(
+            f"fleet {fleet.name}: the rollout of release {latest.release} was aborted and not rolled "
+            f"back; roll it back first: slimline fleet rollback {fleet.name}"
         )
     desired = current_desired(channel, load_private_key(private_key).public_key())
     # Devices may hold the latest rollout's release even after a rollback that restored nothing.
