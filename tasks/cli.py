@@ -268,6 +268,26 @@ def cmd_release_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleet_release(args: argparse.Namespace) -> int:
+    from contextlib import AbstractContextManager, nullcontext
+
+    from tasks.fleet.spec import get_fleet
+    from tasks.flow.orchestration import api_server, dags_test
+
+    settings = _settings(args)
+    fleet = get_fleet(settings.fleets_dir, args.fleet)
+    conf = {"fleet": fleet.name, "model_version": args.model_version}
+    server: AbstractContextManager[str | None] = (
+        api_server(settings) if fleet.approval.required else nullcontext(None)
+    )
+    with server as url:
+        if url:
+            print(f"approval: in Airflow at {url} (Required Actions), or: slimline release approve --fleet F")
+        result = dags_test(settings, "fleet_release", conf)
+    print(f"run {result.run_id}: {result.state} in {result.seconds:.0f} s")
+    return 0
+
+
 def cmd_release_approve(args: argparse.Namespace) -> int:
     import getpass
 
@@ -282,6 +302,54 @@ def cmd_release_approve(args: argparse.Namespace) -> int:
     verb = "rejected" if args.reject else "approved"
     print(f"release {answered.release} of {answered.model_version} to fleet {answered.fleet}: {verb}")
     print(f"run:     {answered.dag_run_id}")
+    return 0
+
+
+def cmd_fleet_status(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from tasks.fleet.channel import open_channel
+    from tasks.fleet.spec import get_fleet
+    from tasks.fleet.status import fleet_status
+    from tasks.release.keys import load_public_key, public_key_path
+    from tasks.report.fleet import print_fleet_status
+    from tasks.report.fleet_html import fleet_report_path, write_fleet_report
+
+    settings = _settings(args)
+    fleet = get_fleet(settings.fleets_dir, args.fleet)
+    trusted = load_public_key(public_key_path(settings.signing_key))
+    status = fleet_status(open_channel(settings, fleet.name), trusted, datetime.now(UTC))
+    if args.json:
+        print(status.model_dump_json(indent=2))
+    else:
+        print_fleet_status(status)
+    if args.html is not None:
+        path = write_fleet_report(
+            status, Path(args.html) if args.html else fleet_report_path(settings.home, fleet.name)
+        )
+        # With --json, stdout carries the JSON alone.
+        print(f"page: {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def cmd_fleet_rollback(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from tasks.fleet.channel import open_channel
+    from tasks.fleet.rollout import fleet_rollback
+    from tasks.fleet.spec import get_fleet
+
+    settings = _settings(args)
+    fleet = get_fleet(settings.fleets_dir, args.fleet)
+    record = fleet_rollback(
+        open_channel(settings, fleet.name),
+        fleet,
+        settings.releases_dir,
+        settings.signing_key,
+        args.reason,
+        datetime.now(UTC),
+    )
+    print(f"fleet {fleet.name}: {record.reason}")
     return 0
 
 
@@ -509,6 +577,66 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--user", help="Airflow user (simple auth manager); default: anonymous admin")
     approve.add_argument("--api-url", metavar="URL", help="Airflow API (default $SLIMLINE_AIRFLOW_API_URL)")
     approve.set_defaults(func=cmd_release_approve)
+
+    fleet = sub.add_parser("fleet", help="what a fleet runs, and rolling it back")
+    fsub = fleet.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fleet_status = fsub.add_parser(
+        "status",
+        help="each device's release, attempt and health, the desired state and the latest rollout",
+        description="Read fleet F's channel ($SLIMLINE_FLEET_CHANNEL, default <home>/channel): per device "
+        "its labels, its wave, the release the desired state tells it to run, the target, release and "
+        "model version it runs, its last attempt and result, its canary health (agreement, accuracy, "
+        "p95 latency, errors) and the age of its last report; the desired state, checked against the "
+        "release key's public half; the latest rollout with each wave's counts and decision.",
+    )
+    fleet_status.add_argument("fleet", metavar="F", help="fleet name (fleets/F.yaml)")
+    fleet_status.add_argument(
+        "--html",
+        nargs="?",
+        const="",  # a string: argparse would turn a Path const into "."
+        metavar="PATH",
+        help="also write the HTML page, to PATH or by default <home>/reports/fleet-F.html",
+    )
+    fleet_status.add_argument("--json", action="store_true", help="print the status as JSON instead")
+    fleet_status.set_defaults(func=cmd_fleet_status)
+    fleet_rollback = fsub.add_parser(
+        "rollback",
+        help="return every device of fleet F to the release before its latest rollout",
+        description="Bundle the release that was the fleet's before its latest rollout again, as a new "
+        "and higher release number (devices refuse a number they have passed), signed with the release "
+        "key, publish it to the channel and tell every device, including those that already switched, "
+        "to run it. With no release before it, publishes a desired state naming none, so no further "
+        "device installs the rolled-out release (devices that have it keep serving it). Recorded in "
+        "the rollout's record; running it again changes nothing.",
+    )
+    fleet_rollback.add_argument("fleet", metavar="F", help="fleet name (fleets/F.yaml)")
+    fleet_rollback.add_argument(
+        "--reason",
+        default="rolled back by hand (slimline fleet rollback)",
+        metavar="TEXT",
+        help="why, recorded in the rollout record and the desired state's note",
+    )
+    fleet_rollback.set_defaults(func=cmd_fleet_rollback)
+    fleet_release = fsub.add_parser(
+        "release",
+        help="run the fleet_release DAG: engines, signed release, approval, waves, rollback on failure",
+        description="Run one real fleet_release DAG run (airflow dags test) for fleet F: build the "
+        "version's engines for the fleet's targets, bundle and sign the next release, ask for approval "
+        "where the fleet requires it, then roll it out wave by wave, each judged on its devices' "
+        "canary health; "
+        "on success the registry alias fleet-F moves to the version, on abort every device of the fleet "
+        "returns to the previous release and the run fails. For fleets that require approval an Airflow "
+        "api-server is started on $SLIMLINE_AIRFLOW_API_URL for the time of the run: answer with "
+        "`slimline release approve --fleet F` or in Airflow's UI (Required Actions).",
+    )
+    fleet_release.add_argument("fleet", metavar="F", help="fleet name (fleets/F.yaml)")
+    fleet_release.add_argument(
+        "--model-version",
+        default="",
+        metavar="NAME/VERSION",
+        help="version (or NAME/ALIAS) to release; default the candidate of the recipe's model",
+    )
+    fleet_release.set_defaults(func=cmd_fleet_release)
     return parser
 
 

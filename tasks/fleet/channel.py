@@ -18,17 +18,20 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, ValidationError
 
 from tasks.core.config import SLUG, Strict, format_errors
 from tasks.core.errors import BundleRefused, ConfigError
-from tasks.core.store import Fetched, ObjectStore
+from tasks.core.store import Fetched, ObjectStore, open_store
 from tasks.engines.capabilities import Capabilities
 from tasks.fleet.spec import Health
 from tasks.release.bundle import BUNDLE, SIGNATURE_SUFFIX
 from tasks.release.metadata import MAX_METADATA_BYTES, check_fresh, open_document, sign_document
+
+if TYPE_CHECKING:  # passed in: a device runs without pydantic-settings
+    from tasks.core.settings import Settings
 
 DESIRED_FORMAT: Literal["slimline.desired/v1"] = "slimline.desired/v1"
 MAX_REPORT_BYTES = 1024**2
@@ -185,12 +188,13 @@ class Channel:
         trusted: Any,
         *,
         seen_version: int | None,
-        now: datetime,
+        now: datetime | None,
         etag: str | None = None,
     ) -> tuple[DesiredState | None, str | None]:
         """(the verified desired state, its tag); (None, tag) when unchanged since `etag`, (None,
         None) when none was published. BundleRefused when it is unsigned, forged, for another
-        fleet, older than `seen_version` or expired."""
+        fleet, older than `seen_version` or expired; `now` None leaves the expiry unjudged (the
+        release side reading what it last published, to publish the next version)."""
         fetched = self.store.get(self.desired_key, MAX_METADATA_BYTES, if_none_match=etag)
         if fetched is None:
             return None, None
@@ -205,7 +209,11 @@ class Channel:
         if state.fleet != self.fleet:
             raise BundleRefused(f"{what}: it is fleet {state.fleet}'s")
         check_fresh(
-            what, version=state.version, seen_version=seen_version, expires_at=state.expires_at, now=now
+            what,
+            version=state.version,
+            seen_version=seen_version,
+            expires_at=state.expires_at,
+            now=now or state.issued_at,
         )
         return state, fetched.etag
 
@@ -250,3 +258,8 @@ class Channel:
         names = self.device_ids() if devices is None else devices
         found = {d: self._read_model(self.device_key(d, "status.json"), DeviceStatus) for d in names}
         return {d: s for d, s in found.items() if s is not None and s.device == d and s.fleet == self.fleet}
+
+
+def open_channel(settings: Settings, fleet: str) -> Channel:
+    """Fleet `fleet`'s channel in the store settings name (`fleet_channel`, default <home>/channel)."""
+    return Channel(open_store(settings.channel_uri, settings.s3_endpoint_url), fleet)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from rich.console import Console
 from rich.table import Table
 
@@ -13,6 +11,7 @@ from tasks.gate.timing import TimingTable
 from tasks.registry.engines import EngineOutcome
 from tasks.registry.versions import Recheck
 from tasks.report.summary import Row, Summary
+from tasks.report.terminal import console
 
 
 def signed_interval(drop: Interval) -> str:
@@ -104,11 +103,6 @@ def timing_table(timing: TimingTable) -> Table:
     for cells in timing_rows(timing):
         table.add_row(*cells)
     return table
-
-
-def console() -> Console:
-    # Off a terminal rich assumes 80 columns, which folds the table; logs and CI are wider.
-    return Console(width=None if sys.stdout.isatty() else 160)
 
 
 def print_summary(summary: Summary, out: Console | None = None) -> None:

@@ -5,7 +5,6 @@ artifact view or a mail attachment, and that a reviewer can archive as it is."""
 from __future__ import annotations
 
 import base64
-import html
 import io
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,64 +34,13 @@ from tasks.report.console import (
     verdict_text,
     versions_text,
 )
+from tasks.report.page import dl, document, escape, table, td, td_list
 from tasks.report.summary import Summary
 
 REPORT_ARTIFACT = "report.html"
 SUMMARY_ARTIFACT = "summary.json"  # what pipeline.publish logs on the parent run
 
 Model = TypeVar("Model", bound=BaseModel)
-
-CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2330;
-       max-width: 1280px; margin: 2em auto; padding: 0 1.5em; }
-h1 { font-size: 1.5em; margin-bottom: .2em; }
-h2 { font-size: 1.15em; margin-top: 2em; border-bottom: 1px solid #d6dae2; padding-bottom: .2em; }
-h3 { font-size: 1em; margin: 1.2em 0 .3em; }
-.meta { color: #4a5366; margin: .1em 0; }
-code { font: 12px ui-monospace, "SFMono-Regular", Menlo, monospace; word-break: break-all; }
-table { border-collapse: collapse; margin: .6em 0; }
-th, td { border: 1px solid #d6dae2; padding: .3em .6em; vertical-align: top; }
-th { background: #f1f3f7; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-.pass { color: #17803d; font-weight: 600; }
-.fail { color: #c0262d; font-weight: 600; }
-.baseline { color: #2563b0; font-weight: 600; }
-figure { margin: 1em 0; }
-figure img { max-width: 100%; height: auto; border: 1px solid #d6dae2; }
-figcaption { color: #4a5366; font-size: .9em; }
-dl { display: grid; grid-template-columns: max-content 1fr; gap: .15em 1em; margin: .3em 0 1em; }
-dt { color: #4a5366; }
-dd { margin: 0; }
-ol, ul { margin: 0; padding-left: 1.4em; }
-"""
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _td(text: object, css: str = "") -> str:
-    """A cell; its text is always escaped, so no caller can put markup into the page."""
-    return f'<td class="{css}">{_e(text)}</td>' if css else f"<td>{_e(text)}</td>"
-
-
-def _td_list(items: list[str]) -> str:
-    """A cell holding a bulleted list, each item escaped."""
-    if not items:
-        return "<td></td>"
-    return "<td><ul>" + "".join(f"<li>{_e(item)}</li>" for item in items) + "</ul></td>"
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    """A table of cells made by `_td`."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "\n".join(f"<tr>{''.join(cells)}</tr>" for cells in rows)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
-
-
-def _dl(items: list[tuple[str, str]]) -> str:
-    """A definition list of (term, already-escaped HTML) pairs."""
-    return "<dl>" + "".join(f"<dt>{_e(term)}</dt><dd>{value}</dd>" for term, value in items) + "</dl>"
 
 
 def class_labels(summary: Summary) -> list[str]:
@@ -135,10 +83,11 @@ def _header(summary: Summary, started: datetime | None) -> str:
     when = f"run started {started:%Y-%m-%d %H:%M} UTC" if started else "run start unknown"
     return "\n".join(
         [
-            f"<h1>Release report: {_e(summary.recipe)}</h1>",
-            f'<p class="meta">checkpoint <code>{_e(summary.checkpoint_uri)}</code></p>',
-            f'<p class="meta">digest <code>sha256:{_e(summary.checkpoint_digest)}</code></p>',
-            f'<p class="meta">{_e(when)}; MLflow parent run <code>{_e(summary.parent_run_id)}</code></p>',
+            f"<h1>Release report: {escape(summary.recipe)}</h1>",
+            f'<p class="meta">checkpoint <code>{escape(summary.checkpoint_uri)}</code></p>',
+            f'<p class="meta">digest <code>sha256:{escape(summary.checkpoint_digest)}</code></p>',
+            f'<p class="meta">{escape(when)}; MLflow parent run '
+            f"<code>{escape(summary.parent_run_id)}</code></p>",
         ]
     )
 
@@ -163,19 +112,19 @@ def _variants(summary: Summary) -> str:
         recall = m.recall_per_class
         rows.append(
             [
-                _td(row.name),
-                _td(m.runtime),
-                _td(f"{m.accuracy:.4f}", "num"),
-                _td("—" if row.drop is None else signed_interval(row.drop), "num"),
-                *(_td(f"{recall[label]:.3f}" if label in recall else "—", "num") for label in labels),
-                _td(f"{m.latency_p50_ms:.2f}", "num"),
-                _td(f"{m.latency_p95_ms:.2f}", "num"),
-                _td(f"{m.size_bytes / 1e6:.1f}", "num"),
-                _td(verdict_text(row), row.verdict.lower()),
-                _td(row.reason),
+                td(row.name),
+                td(m.runtime),
+                td(f"{m.accuracy:.4f}", "num"),
+                td("—" if row.drop is None else signed_interval(row.drop), "num"),
+                *(td(f"{recall[label]:.3f}" if label in recall else "—", "num") for label in labels),
+                td(f"{m.latency_p50_ms:.2f}", "num"),
+                td(f"{m.latency_p95_ms:.2f}", "num"),
+                td(f"{m.size_bytes / 1e6:.1f}", "num"),
+                td(verdict_text(row), row.verdict.lower()),
+                td(row.reason),
             ]
         )
-    return "<h2>Variants</h2>\n" + _table(headers, rows) + f"\n<p>{_e(versions_text(summary))}</p>"
+    return "<h2>Variants</h2>\n" + table(headers, rows) + f"\n<p>{escape(versions_text(summary))}</p>"
 
 
 def _chart(summary: Summary) -> str:
@@ -196,18 +145,18 @@ def _timing(summary: Summary) -> str:
     if summary.timing is None:
         return heading + "<p>This run was published before side-by-side timing; no table was recorded.</p>"
     cells = [
-        [_td(text, "" if i < 2 else "num") for i, text in enumerate(row)]
+        [td(text, "" if i < 2 else "num") for i, text in enumerate(row)]
         for row in timing_rows(summary.timing)
     ]
     return "\n".join(
         [
             heading + "<p>The baseline and every variant that passed its other gates, "
-            f"{_e(timing_caption(summary.timing))}. "
-            f"{_e(BUDGET_TIMING)} The “own” latencies of the variant table come from each model's "
+            f"{escape(timing_caption(summary.timing))}. "
+            f"{escape(BUDGET_TIMING)} The “own” latencies of the variant table come from each model's "
             "evaluation alone, minutes apart, and are not comparable.</p>",
-            _table(TIMING_HEADERS, cells),
-            f"<p>Rule: {_e(RULE)}</p>",
-            f"<p>Candidate: {_e(summary.candidate_reason)}</p>",
+            table(TIMING_HEADERS, cells),
+            f"<p>Rule: {escape(RULE)}</p>",
+            f"<p>Candidate: {escape(summary.candidate_reason)}</p>",
         ]
     )
 
@@ -215,17 +164,19 @@ def _timing(summary: Summary) -> str:
 def _failed_expectations(suite: SuiteResult) -> str:
     rows = [
         [
-            _td(o.expectation),
-            _td(", ".join(o.columns) or "(table)"),
-            _td(o.description),
-            _td(o.observed),
-            _td("" if o.unexpected_count is None else o.unexpected_count, "num"),
-            _td_list(o.examples),
+            td(o.expectation),
+            td(", ".join(o.columns) or "(table)"),
+            td(o.description),
+            td(o.observed),
+            td("" if o.unexpected_count is None else o.unexpected_count, "num"),
+            td_list(o.examples),
         ]
         for o in suite.failures()
     ]
     headers = ["expectation", "columns", "meaning", "observed", "offending rows", "examples"]
-    return f"<h3>{_e(suite.suite)} on {_e(suite.data)}: failed expectations</h3>\n" + _table(headers, rows)
+    return f"<h3>{escape(suite.suite)} on {escape(suite.data)}: failed expectations</h3>\n" + table(
+        headers, rows
+    )
 
 
 def _validation(validation: ValidationReport | None) -> str:
@@ -240,14 +191,14 @@ def _validation(validation: ValidationReport | None) -> str:
     )
     rows = [
         [
-            _td(suite.suite),
-            _td(suite.data),
-            _td("pass" if suite.success else "FAIL", "pass" if suite.success else "fail"),
-            _td(f"{suite.evaluated - len(suite.failures())}/{suite.evaluated}", "num"),
+            td(suite.suite),
+            td(suite.data),
+            td("pass" if suite.success else "FAIL", "pass" if suite.success else "fail"),
+            td(f"{suite.evaluated - len(suite.failures())}/{suite.evaluated}", "num"),
         ]
         for suite in validation.suites
     ]
-    suites = _table(["suite", "data", "result", "expectations passed"], rows)
+    suites = table(["suite", "data", "result", "expectations passed"], rows)
     return "\n".join([heading + verdict, suites, *(_failed_expectations(suite) for suite in failed)])
 
 
@@ -255,22 +206,22 @@ def _lineage(summary: Summary) -> str:
     parts = ["<h2>Lineage</h2>"]
     for row in summary.rows:
         steps = (
-            "<ol>" + "".join(f"<li><code>{_e(s)}</code></li>" for s in row.steps) + "</ol>"
+            "<ol>" + "".join(f"<li><code>{escape(s)}</code></li>" for s in row.steps) + "</ol>"
             if row.steps
             else "none (the checkpoint as published)"
         )
         items = [
-            ("checkpoint", f"<code>{_e(summary.checkpoint_uri)}</code>"),
-            ("checkpoint digest", f"<code>sha256:{_e(summary.checkpoint_digest)}</code>"),
-            ("recipe digest", f"<code>{_e(summary.recipe_digest)}</code>"),
-            ("dataset digest", f"<code>{_e(summary.dataset_digest)}</code>"),
-            ("code commit", f"<code>{_e(summary.code_commit)}</code>"),
+            ("checkpoint", f"<code>{escape(summary.checkpoint_uri)}</code>"),
+            ("checkpoint digest", f"<code>sha256:{escape(summary.checkpoint_digest)}</code>"),
+            ("recipe digest", f"<code>{escape(summary.recipe_digest)}</code>"),
+            ("dataset digest", f"<code>{escape(summary.dataset_digest)}</code>"),
+            ("code commit", f"<code>{escape(summary.code_commit)}</code>"),
             ("steps", steps),
-            ("MLflow run", f"<code>{_e(row.run_id or 'unknown')}</code>"),
+            ("MLflow run", f"<code>{escape(row.run_id or 'unknown')}</code>"),
         ]
         if row.version:
-            items.append(("registered", _e(f"{summary.registered_model} v{row.version}")))
-        parts.append(f"<h3>{_e(row.name)}</h3>\n{_dl(items)}")
+            items.append(("registered", escape(f"{summary.registered_model} v{row.version}")))
+        parts.append(f"<h3>{escape(row.name)}</h3>\n{dl(items)}")
     return "\n".join(parts)
 
 
@@ -280,17 +231,17 @@ def _refused(summary: Summary) -> str:
         return ""
     rows = [
         [
-            f"<td><code>{_e(r.uri)}</code></td>",
-            _td(r.reason),
-            _td(r.exit_code, "num"),
-            _td(r.refused_at.strftime("%Y-%m-%d %H:%M UTC")),
+            f"<td><code>{escape(r.uri)}</code></td>",
+            td(r.reason),
+            td(r.exit_code, "num"),
+            td(r.refused_at.strftime("%Y-%m-%d %H:%M UTC")),
         ]
         for r in summary.refused
     ]
     note = "<p>Not retried until their files change.</p>"
     return (
         "<h2>Refused checkpoints</h2>\n"
-        + _table(["checkpoint", "reason", "exit code", "refused"], rows)
+        + table(["checkpoint", "reason", "exit code", "refused"], rows)
         + note
     )
 
@@ -301,17 +252,15 @@ def _engines(engines: list[EngineOutcome] | None) -> str:
         return heading + "<p>The engine step had not run when this report was written.</p>"
     if not engines:
         return heading + "<p>No version was registered, so no engine was built.</p>"
-    cells = [
-        [_td(text, "" if i < 3 else "num") for i, text in enumerate(row)] for row in engine_rows(engines)
-    ]
+    cells = [[td(text, "" if i < 3 else "num") for i, text in enumerate(row)] for row in engine_rows(engines)]
     notes = engine_notes(engines)
     return (
         heading + "<p>Each registered version built for each target of the recipe and checked on the canary "
         "set (the first examples of the evaluation split) against the registered model: label "
         "agreement, largest logit difference, and batch-1 latency and throughput where this machine "
         "is of the target's kind. A failed check registers nothing.</p>"
-        + _table(ENGINE_HEADERS, cells)
-        + (f"<p>{_e(notes)}</p>" if notes else "")
+        + table(ENGINE_HEADERS, cells)
+        + (f"<p>{escape(notes)}</p>" if notes else "")
     )
 
 
@@ -336,11 +285,7 @@ def render_html(
         ]
     )
     title = f"slimline release report: {summary.recipe} on {summary.checkpoint_digest[:12]}"
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
-    )
+    return document(title, body)
 
 
 def run_started(run: Run) -> datetime:

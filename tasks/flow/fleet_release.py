@@ -1,0 +1,215 @@
+"""The fleet_release DAG's work, runnable without Airflow: plan a release of a registered version
+to a fleet, build its engines, bundle and sign it, start the rollout (with the approval's answer
+where the fleet requires one), advance it wave by wave, and conclude: the fleet's alias moves to
+the version, or the whole fleet is rolled back."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from tasks.core.errors import ConfigError, RolloutAborted
+from tasks.core.settings import Settings
+from tasks.fleet.channel import open_channel
+from tasks.fleet.rollout import (
+    UNDER_WAY,
+    ApprovalRecord,
+    RolloutRecord,
+    advance,
+    fleet_rollback,
+    latest_rollout,
+    load_rollout,
+    start_rollout,
+)
+from tasks.fleet.spec import get_fleet
+from tasks.flow.approval import approval_answer
+from tasks.flow.engines import build_engines
+from tasks.flow.release import bundle_release
+from tasks.recipe import load_recipe
+from tasks.registry import tracking
+from tasks.registry.versions import get_version, parse_version
+from tasks.release.bundle import RELEASE_JSON, Release
+
+log = logging.getLogger(__name__)
+
+LINEAGE_SHOWN = ("variant", "gate", "checkpoint_uri", "git_commit")  # in the approval's summary
+FLEET_ALIAS_PREFIX = "fleet-"  # the registry alias naming the version a fleet runs: fleet-<name>
+
+
+def fleet_alias(fleet: str) -> str:
+    return f"{FLEET_ALIAS_PREFIX}{fleet}"
+
+
+class FleetPlan(BaseModel):
+    fleet: str
+    model_version: str  # NAME/VERSION, the number resolved from an alias
+    approval_required: bool
+    approval_timeout_minutes: float
+    already_released: bool = False  # the fleet's last finished rollout is this version
+    reason: str = ""
+
+
+class Published(BaseModel):
+    """A signed release waiting for its rollout (and its approval, where required)."""
+
+    fleet: str
+    release: int
+    model_version: str
+    bundle: Path
+    approval_required: bool
+    approval_timeout_minutes: float
+    summary: str  # what an approver reads
+
+
+class Conclusion(BaseModel):
+    fleet: str
+    release: int
+    state: Literal["succeeded", "rejected"]
+    reason: str
+    alias: str | None = None
+
+
+def plan_release(settings: Settings, fleet_name: str, model_version: str | None) -> FleetPlan:
+    """What to release to `fleet_name`: `model_version` (NAME/VERSION or NAME/ALIAS; default the
+    `candidate` of the default recipe's model). Marked already released when the fleet's last
+    finished rollout was this version; ConfigError while another rollout of the fleet is under way."""
+    fleet = get_fleet(settings.fleets_dir, fleet_name)
+    if model_version is None:
+        name = tracking.registered_model_name(settings, load_recipe(settings.recipe))
+        model_version = f"{name}/{tracking.CANDIDATE_ALIAS}"
+    ref = get_version(settings, *parse_version(model_version))
+    latest = latest_rollout(open_channel(settings, fleet.name))
+    if latest is not None and latest.state in UNDER_WAY:
+        raise ConfigError(
+            f"fleet {fleet.name}: the rollout of release {latest.release} is {latest.state}; "
+            "let it finish or roll it back first (slimline fleet rollback)"
+        )
+    plan = FleetPlan(
+        fleet=fleet.name,
+        model_version=ref.label,
+        approval_required=fleet.approval.required,
+        approval_timeout_minutes=fleet.approval.timeout_minutes,
+    )
+    if latest is not None and latest.state == "succeeded" and latest.model_version == ref.label:
+        reason = f"fleet {fleet.name} runs {ref.label} already (release {latest.release})"
+        return plan.model_copy(update={"already_released": True, "reason": reason})
+    return plan
+
+
+def build_fleet_engines(settings: Settings, plan: FleetPlan) -> None:
+    """The version's engine for every target of the fleet, built and checked (or found): a target
+    that cannot be built stops the release."""
+    fleet = get_fleet(settings.fleets_dir, plan.fleet)
+    build_engines(settings, plan.model_version, fleet.targets, strict=True)
+
+
+def publish_release(settings: Settings, plan: FleetPlan) -> Published:
+    """Bundle and sign the fleet's next release of the version. Devices see it only once its
+    rollout starts (after approval, where required)."""
+    bundle = bundle_release(settings, plan.model_version, plan.fleet)
+    release = Release.model_validate_json((bundle / RELEASE_JSON).read_text(encoding="utf-8"))
+    lineage = ", ".join(f"{k} {v}" for k, v in sorted(release.lineage.items()) if k in LINEAGE_SHOWN)
+    summary = (
+        f"Release {release.number} of {plan.model_version} to fleet {plan.fleet}: targets "
+        f"{', '.join(release.targets)}; expires {release.expires_at:%Y-%m-%d}. {lineage}".strip()
+    )
+    return Published(
+        fleet=plan.fleet,
+        release=release.number,
+        model_version=plan.model_version,
+        bundle=bundle,
+        approval_required=plan.approval_required,
+        approval_timeout_minutes=plan.approval_timeout_minutes,
+        summary=summary,
+    )
+
+
+def _approval(published: Published, answer: Mapping[str, Any] | None) -> ApprovalRecord | None:
+    if not published.approval_required:
+        return None
+    if answer is None:
+        return ApprovalRecord(required=True, approved=False, timed_out=False, comment="no answer recorded")
+    given = approval_answer(answer)
+    return ApprovalRecord(
+        required=True,
+        approved=given.approved,
+        by=given.by,
+        at=given.at,
+        comment=given.comment,
+        timed_out=given.timed_out,
+    )
+
+
+def begin_rollout(
+    settings: Settings, published: Published, answer: Mapping[str, Any] | None
+) -> RolloutRecord:
+    """Start the rollout (idempotent): publish the release to the channel and plan its waves; a
+    rejected approval is recorded and publishes nothing."""
+    fleet = get_fleet(settings.fleets_dir, published.fleet)
+    return start_rollout(
+        open_channel(settings, fleet.name),
+        fleet,
+        published.bundle,
+        settings.signing_key,
+        datetime.now(UTC),
+        _approval(published, answer),
+    )
+
+
+def advance_rollout(settings: Settings, published: Published) -> bool:
+    """One step of the rollout; True once it has finished (succeeded or aborted)."""
+    fleet = get_fleet(settings.fleets_dir, published.fleet)
+    channel = open_channel(settings, fleet.name)
+    record = load_rollout(channel, published.release)
+    if record is None:
+        raise ConfigError(f"release {published.release} of fleet {fleet.name} has no rollout to advance")
+    record = advance(channel, fleet, record, settings.signing_key, datetime.now(UTC))
+    wave = record.current_wave()
+    log.info(
+        "rollout of release %s to %s: %s%s",
+        record.release,
+        fleet.name,
+        record.state,
+        f", wave {wave.name} {wave.counts}" if wave is not None else "",
+    )
+    return record.state not in UNDER_WAY
+
+
+def conclude_rollout(
+    settings: Settings, published: Published, answer: Mapping[str, Any] | None
+) -> Conclusion:
+    """The end of a release: on success the fleet's alias moves to the version; a rejected approval
+    is recorded; an aborted (or unfinished) rollout rolls the whole fleet back and raises
+    RolloutAborted naming the wave, the reason and the release the fleet returns to."""
+    fleet = get_fleet(settings.fleets_dir, published.fleet)
+    channel = open_channel(settings, fleet.name)
+    record = load_rollout(channel, published.release) or begin_rollout(settings, published, answer)
+    if record.approval.required and not record.approval.approved:
+        return Conclusion(fleet=fleet.name, release=record.release, state="rejected", reason=record.reason)
+    if record.state == "succeeded":
+        name, version = parse_version(record.model_version)
+        alias = fleet_alias(fleet.name)
+        tracking.move_alias(settings, name, alias, version)
+        return Conclusion(
+            fleet=fleet.name,
+            release=record.release,
+            state="succeeded",
+            reason=record.reason or "every wave succeeded",
+            alias=f"{name}@{alias}",
+        )
+    reason = record.reason or "the rollout did not finish"
+    rolled = fleet_rollback(
+        channel, fleet, settings.releases_dir, settings.signing_key, reason, datetime.now(UTC)
+    )
+    back = rolled.rollback
+    where = (
+        f"the fleet was rolled back to release {back.release} (restoring release {back.restores})"
+        if back is not None and back.release is not None
+        else "no earlier release to roll back to: further devices are stopped, devices keep what they run"
+    )
+    raise RolloutAborted(f"release {record.release} of fleet {fleet.name} aborted: {reason}; {where}")
