@@ -31,7 +31,8 @@ EDGE = {"name": "edge", "targets": ["cpu"]}
         (EDGE | {"waves": [{"name": "a"}, {"name": "a"}]}, "wave names must be unique"),
         (EDGE | {"waves": [{"name": LAST_WAVE}]}, f"not {LAST_WAVE!r}; repeated: {LAST_WAVE}"),
         (
-            EDGE | {"abort": [{"failure_type": "crashed", "min_devices_reported": 1, "threshold_percentage": 5}]},  # noqa: E501
+            EDGE
+            | {"abort": [{"failure_type": "crashed", "min_devices_reported": 1, "threshold_percentage": 5}]},  # noqa: E501
             "abort.0.failure_type = 'crashed'",
         ),
         (EDGE | {"success_threshold": 0}, "success_threshold = 0"),
