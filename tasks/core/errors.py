@@ -107,3 +107,7 @@ class BundleRefused(SlimlineError):
     """A release bundle failed verification: signature, a digest, its expiry or its release number."""
 
     exit_code = 15
+
+
+class ReleaseIncompatible(BundleRefused):
+    """A genuine release holds no engine this device can run; refused before any engine is downloaded."""
