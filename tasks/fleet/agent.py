@@ -138,10 +138,9 @@ class Agent:
 
     # start-up
     def start(self, now: datetime) -> None:
-        """Load the state, drop what a crash left half-done, serve the active release again once it
-        verifies (else the previous one, else nothing), enroll and report."""
+        """Load the state, serve the active release again once it verifies (else the previous one,
+        else nothing), drop what a crash left half-done, enroll and report."""
         self.state = self.device.load()
-        self.device.prune(self.state)
         self._restore(now)
         try:
             self._enroll(now)
