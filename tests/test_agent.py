@@ -171,6 +171,11 @@ def test_refusals_are_reported_with_one_line_and_nothing_unverified_is_loaded(
     assert agent.poll_once(datetime.now(UTC)).outcome == "active"
     assert agent.poll_once(datetime.now(UTC)).outcome == "unchanged"
 
+    def reported() -> DeviceStatus:
+        status = status_of(channel)
+        assert status is not None
+        return status
+
     def refused(version: int, number: int) -> str:
         desire(channel, key, version, number)
         poll = agent.poll_once(datetime.now(UTC))
@@ -178,7 +183,8 @@ def test_refusals_are_reported_with_one_line_and_nothing_unverified_is_loaded(
         status = status_of(channel)
         assert status is not None and status.attempt is not None and status.attempt.result == "rejected"
         assert status.attempt.reason == poll.reason and "\n" not in poll.reason
-        assert agent.slot.current()[0] is not None and agent.slot.current()[0].active.release == 1
+        serving, _ = agent.slot.current()
+        assert serving is not None and serving.active.release == 1
         assert installed_releases(config.root) == ["000001"] and not (config.root / "staging").exists()
         # Refused once, never fetched again.
         assert agent.poll_once(datetime.now(UTC)).outcome == "unchanged"
@@ -192,7 +198,8 @@ def test_refusals_are_reported_with_one_line_and_nothing_unverified_is_loaded(
         f"release {only_vnni} of fleet {FLEET} refused: no engine this device can run: "
         "cpu-vnni (CPU lacks avx512_vnni)"
     )
-    assert status_of(channel).attempt.phase == "compatibility"
+    attempt = reported().attempt
+    assert attempt is not None and attempt.phase == "compatibility"
 
     tampered = publish(channel, fleet_release, "good3")
     engine = "engines/cpu-a/model.ort"
@@ -225,7 +232,7 @@ def test_refusals_are_reported_with_one_line_and_nothing_unverified_is_loaded(
     # A good desired state again: the problem clears.
     desire(channel, key, 7, 1)
     assert agent.poll_once(datetime.now(UTC)).outcome == "unchanged"
-    assert status_of(channel).channel_problem == ""
+    assert reported().channel_problem == ""
 
 
 def test_killed_mid_download_and_mid_switch_the_agent_comes_back_consistent(
