@@ -235,6 +235,43 @@ def test_refusals_are_reported_with_one_line_and_nothing_unverified_is_loaded(
     assert reported().channel_problem == ""
 
 
+def test_an_engine_failing_requests_after_the_switch_is_rolled_back(
+    fleet_release: FleetRelease, tmp_path: Path
+) -> None:
+    (tmp_path / "channel").mkdir()
+    channel = Channel(open_store((tmp_path / "channel").as_uri()), FLEET)
+    key = fleet_release.keys.private
+    config = agent_config(
+        fleet=FLEET,
+        device_id="dev-1",
+        root=tmp_path / "dev-1",
+        channel_uri=(tmp_path / "channel").as_uri(),
+        trusted_key=fleet_release.keys.public,
+        cpuinfo=cpuinfo_file(tmp_path),
+        max_serving_errors=3,
+    )
+    agent = Agent(config, channel=channel)
+    agent.start(datetime.now(UTC))
+    for version, name in enumerate(["good1", "good2"], start=1):
+        desire(channel, key, version, publish(channel, fleet_release, name))
+        assert agent.poll_once(datetime.now(UTC)).outcome == "active"
+    for _ in range(3):  # as the server counts a failed prediction
+        agent.slot.record_error()
+    assert agent.poll_once(datetime.now(UTC)).outcome == "unchanged"  # at the limit, not above it
+    agent.slot.record_error()
+    poll = agent.poll_once(datetime.now(UTC))
+    assert poll.outcome == "rolled_back" and poll.release == 2
+    assert poll.reason == "4 failed predictions since the switch (limit 3)"
+    serving, previous = agent.slot.current()
+    assert serving is not None and serving.active.release == 1 and previous is None
+    status = status_of(channel)
+    assert status is not None and status.attempt is not None and status.attempt.result == "rolled_back"
+    assert status.active is not None and status.active.release == 1 and status.previous_release is None
+    assert installed_releases(config.root) == ["000001"]
+    # Release 2 stays refused here; the fleet's way back to it is a new, higher release.
+    assert agent.poll_once(datetime.now(UTC)).outcome == "unchanged"
+
+
 def test_killed_mid_download_and_mid_switch_the_agent_comes_back_consistent(
     fleet_release: FleetRelease, tmp_path: Path
 ) -> None:

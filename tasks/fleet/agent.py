@@ -409,4 +409,5 @@ def run_agent(config: AgentConfig, *, port: int = 0, once: bool = False) -> int:
             agent.run(stop)
         finally:
             server.stop()
+            (config.root / AGENT_JSON).unlink(missing_ok=True)
     return 0
