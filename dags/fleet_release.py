@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tasks.core.settings import Settings
 from tasks.flow.approval import APPROVAL_TASK, PUBLISH_TASK
@@ -129,12 +129,23 @@ def fleet_release() -> None:
                 mode="json"
             )
 
+    # `conclude` runs whatever happened, so it cannot say whether the run failed: a task that failed
+    # before it would otherwise end as a skipped leaf and the run as a success.
+    @task(trigger_rule="one_failed")
+    def watcher() -> None:
+        raise AirflowFailException("a task of this run failed; see its log")
+
     planned = plan()
+    built = build_engines(planned)
     published = publish(planned)
-    build_engines(planned) >> published
+    built >> published
     started = start_rollout(published)
-    needs_approval(published) >> [approve, started]
-    approve >> started >> roll_out() >> conclude()
+    branch = needs_approval(published)
+    branch >> [approve, started]
+    watched = roll_out()
+    concluded = conclude()
+    approve >> started >> watched >> concluded
+    [planned, built, published, branch, approve, started, watched, concluded] >> watcher()
 
 
 fleet_release()

@@ -353,10 +353,37 @@ def cmd_fleet_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    from tasks.fleet.agent import agent_config, run_agent
+    from tasks.release.keys import public_key_path
+
+    settings = _settings(args)
+    config = agent_config(
+        fleet=args.fleet,
+        device_id=args.device_id,
+        root=args.root,
+        channel_uri=args.channel or settings.channel_uri,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        trusted_key=args.trusted_key or public_key_path(settings.signing_key),
+        labels=dict(args.label or []),
+        poll_seconds=args.poll_seconds,
+        jitter=args.jitter,
+        cpuinfo=args.cpuinfo,
+    )
+    return run_agent(config, port=args.port, once=args.once)
+
+
 def _release_number(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a release number (0, 1, 2, ...)")
     return int(text)
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a label; expected KEY=VALUE, e.g. site=berlin")
+    return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -578,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--api-url", metavar="URL", help="Airflow API (default $SLIMLINE_AIRFLOW_API_URL)")
     approve.set_defaults(func=cmd_release_approve)
 
-    fleet = sub.add_parser("fleet", help="what a fleet runs, and rolling it back")
+    fleet = sub.add_parser("fleet", help="release to a fleet, see what it runs, roll it back")
     fsub = fleet.add_subparsers(dest="action", required=True, metavar="ACTION")
     fleet_status = fsub.add_parser(
         "status",
@@ -637,6 +664,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="version (or NAME/ALIAS) to release; default the candidate of the recipe's model",
     )
     fleet_release.set_defaults(func=cmd_fleet_release)
+
+    agent = sub.add_parser(
+        "agent",
+        help="run the edge agent of one device: poll the fleet channel, install, check, serve",
+        description="The long-running agent of one device. It enrolls in fleet F with its capabilities "
+        "(CPU flags, runtime versions, GPUs), polls the fleet channel every --poll-seconds (jittered), and "
+        "when the device's desired release changes: checks which of the release's engines it can run "
+        "before downloading any, downloads only that one, verifies signature, digests, expiry and "
+        "release number, runs a smoke inference and the canary set against the fleet's health criteria, "
+        "and only then switches (state.json renamed into DIR), keeping the previous release for rollback. "
+        "It reports to the channel (active, failed, rejected, rolled_back with one-line reasons) and serves "
+        'on 127.0.0.1: POST /predict {"texts": [...]}, GET /healthz, GET /version. DIR/agent.json says '
+        "its pid and port. SIGTERM stops it. Exit status 15 when a release or key is refused at start, "
+        "2 for a bad argument.",
+    )
+    agent.add_argument("--fleet", required=True, metavar="F", help="the fleet the device belongs to")
+    agent.add_argument("--device-id", required=True, metavar="D", help="the device's name in the fleet")
+    agent.add_argument("--root", required=True, type=Path, metavar="DIR", help="the device's state folder")
+    agent.add_argument(
+        "--channel", metavar="URI", help="fleet channel store (default $SLIMLINE_FLEET_CHANNEL)"
+    )
+    agent.add_argument(
+        "--trusted-key",
+        type=Path,
+        metavar="K",
+        help="release public key (default: $SLIMLINE_SIGNING_KEY with .pub added)",
+    )
+    agent.add_argument(
+        "--label",
+        action="append",
+        type=_label,
+        metavar="KEY=VALUE",
+        help="a label for wave selectors; repeatable",
+    )
+    agent.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: any free one)")
+    agent.add_argument("--poll-seconds", type=float, default=30.0, help="mean seconds between polls (30)")
+    agent.add_argument("--jitter", type=float, default=0.2, help="each wait varies by ± this share (0.2)")
+    agent.add_argument(
+        "--cpuinfo",
+        type=Path,
+        default=Path("/proc/cpuinfo"),
+        metavar="FILE",
+        help="read CPU flags from FILE instead of /proc/cpuinfo (to simulate another kind of device)",
+    )
+    agent.add_argument("--once", action="store_true", help="start, poll once, report, exit (no server)")
+    agent.set_defaults(func=cmd_agent)
     return parser
 
 

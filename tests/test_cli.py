@@ -26,6 +26,7 @@ COMMANDS = [
     ["keys", "generate"],
     ["release"],
     ["release", "verify"],
+    ["agent"],
 ]
 
 

@@ -32,7 +32,7 @@ EDGE = {"name": "edge", "targets": ["cpu"]}
         (EDGE | {"waves": [{"name": LAST_WAVE}]}, f"not {LAST_WAVE!r}; repeated: {LAST_WAVE}"),
         (
             EDGE
-            | {"abort": [{"failure_type": "crashed", "min_devices_reported": 1, "threshold_percentage": 5}]},  # noqa: E501
+            | {"abort": [{"failure_type": "crashed", "min_devices_reported": 1, "threshold_percentage": 5}]},
             "abort.0.failure_type = 'crashed'",
         ),
         (EDGE | {"success_threshold": 0}, "success_threshold = 0"),

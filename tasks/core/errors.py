@@ -113,3 +113,7 @@ class RolloutAborted(SlimlineError):
     """A rollout stopped on its abort criteria (or did not finish) and the fleet was rolled back."""
 
     exit_code = 16
+
+
+class ReleaseIncompatible(BundleRefused):
+    """A genuine release holds no engine this device can run; refused before any engine is downloaded."""

@@ -123,6 +123,10 @@ class DeviceStatus(BaseModel):
     attempt: Attempt | None = None
     desired_version: int | None = None  # the desired state it last acted on
     serving_errors: int = 0
+    # Why the device could not use the channel's desired state at its last poll (forged, older,
+    # expired: refused and ignored, the device keeps serving); empty when it could.
+    channel_problem: str = ""
+    offline_polls: int = 0  # polls that found the channel unreachable since the previous report
 
 
 def _checked_name(value: str, what: str) -> str:
