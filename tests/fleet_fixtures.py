@@ -225,9 +225,9 @@ def desire(
 # Agent processes
 
 
-def cpuinfo_file(folder: Path) -> Path:
+def cpuinfo_file(folder: Path, text: str = SIMULATED_CPUINFO) -> Path:
     path = folder / "cpuinfo"
-    path.write_text(SIMULATED_CPUINFO)
+    path.write_text(text)
     return path
 
 
@@ -237,7 +237,10 @@ def agent_argv(
     channel_uri: str,
     *,
     device: str = "dev-1",
+    fleet: str = FLEET,
     poll_seconds: float = 0.2,
+    cpuinfo: str = SIMULATED_CPUINFO,
+    labels: tuple[str, ...] = ("site=lab",),
     extra: list[str] | None = None,
 ) -> list[str]:
     """`slimline agent` arguments for a simulated device (CPU flags from a file beside its root)."""
@@ -245,7 +248,7 @@ def agent_argv(
     return [
         "agent",
         "--fleet",
-        FLEET,
+        fleet,
         "--device-id",
         device,
         "--root",
@@ -255,11 +258,10 @@ def agent_argv(
         "--trusted-key",
         str(fleet_release.keys.public),
         "--cpuinfo",
-        str(cpuinfo_file(root.parent)),
+        str(cpuinfo_file(root.parent, cpuinfo)),
         "--poll-seconds",
         str(poll_seconds),
-        "--label",
-        "site=lab",
+        *[arg for label in labels for arg in ("--label", label)],
         *(extra or []),
     ]
 

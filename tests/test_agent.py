@@ -17,7 +17,6 @@ from tasks.engines.canary import read_canary
 from tasks.fleet.agent import Agent, agent_config
 from tasks.fleet.channel import Channel, DeviceStatus
 from tasks.release.keys import generate_key_pair
-from tests import fleet_fixtures
 from tests.fleet_fixtures import (
     FLEET,
     AgentProcess,
@@ -31,8 +30,6 @@ from tests.fleet_fixtures import (
     run_once,
     wait_for,
 )
-
-fleet_release = fleet_fixtures.fleet_release  # the session fixture, where pytest finds it
 
 
 def status_of(channel: Channel, device: str = "dev-1") -> DeviceStatus | None:
