@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: env demo test test-fast lint bench bench-engines chart clean
+.PHONY: env demo test test-fast lint bench bench-engines bench-agent chart clean
 
 env: $(STAMP)
 
@@ -45,10 +45,16 @@ bench: env
 bench-engines: env
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/engines_cpu.py
 
+# The edge agent's memory and package footprint serving the candidate's release (after `make demo`):
+# bench/results/agent-footprint.json and .png.
+bench-agent: env
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/agent_footprint.py
+
 # Redraw the charts from the committed JSON.
 chart: env
 	$(BIN)/python bench/compression.py --chart
 	$(BIN)/python bench/engines_cpu.py --chart
+	$(BIN)/python bench/agent_footprint.py --chart
 
 clean:
 	rm -rf $(VENV) .slimline .mypy_cache .ruff_cache .pytest_cache
