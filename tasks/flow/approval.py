@@ -80,7 +80,13 @@ class AirflowApi:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:300]
-            raise OrchestrationError(f"Airflow API {method} {path}: HTTP {exc.code} {detail}") from None
+            hint = (
+                "; log in with --user (an embedded Airflow writes its users' passwords to "
+                "<home>/airflow/simple_auth_manager_passwords.json.generated)"
+                if exc.code in (401, 403)
+                else ""
+            )
+            raise OrchestrationError(f"Airflow API {method} {path}: HTTP {exc.code} {detail}{hint}") from None
         except OSError as exc:
             raise OrchestrationError(f"Airflow API at {self.base_url} is unreachable ({exc})") from None
 
