@@ -23,6 +23,7 @@ from tasks.core.settings import Settings
 from tasks.fleet.channel import Channel, DeviceStatus, open_channel
 from tasks.fleet.device import DeviceState
 from tasks.fleet.rollout import RolloutRecord, latest_rollout, load_rollout
+from tasks.flow.approval import approval_answer
 from tasks.flow.fleet_release import (
     Published,
     advance_rollout,
@@ -303,3 +304,19 @@ def test_a_failed_step_fails_the_run_even_though_its_conclusion_always_runs(
     with pytest.raises(OrchestrationError, match="ended failed") as failed:
         dags_test(fleet_settings, "fleet_release", {"fleet": FLEET, "model_version": "tiny-sentiment/999"})
     assert "no model version tiny-sentiment/999" in str(failed.value)
+
+
+def test_an_approval_answer_records_who_when_and_why_and_a_timeout_as_no_one():
+    given = approval_answer(
+        {
+            "chosen_options": ["Approve"],
+            "responded_by_user": {"id": "7", "name": "approver"},
+            "responded_at": "2026-12-01T10:00:00+00:00",
+            "params_input": {"comment": "canary ring checked"},
+        }
+    )
+    assert given.approved and given.by == "approver" and given.comment == "canary ring checked"
+    assert given.at == datetime(2026, 12, 1, 10, tzinfo=UTC) and not given.timed_out
+    # On timeout Airflow chooses the defaults (Reject) and names no user.
+    timed_out = approval_answer({"chosen_options": ["Reject"], "responded_by_user": None, "params_input": {}})
+    assert not timed_out.approved and timed_out.timed_out and timed_out.by is None
