@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: env demo test test-fast lint bench bench-engines bench-agent chart clean
+.PHONY: env demo test test-fast lint bench bench-engines bench-agent bench-fleet chart clean
 
 env: $(STAMP)
 
@@ -50,11 +50,19 @@ bench-engines: env
 bench-agent: env
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/agent_footprint.py
 
+# Simulated fleets of 100, 1,000 and 10,000 agents (the real state machine, in-process) on moto's S3
+# server, the real rollout controller driving a release through waves: bench/results/fleet.json and
+# fleet.png (about 15 minutes; SIZES="100 1000" runs fewer).
+SIZES ?= 100 1000 10000
+bench-fleet: env
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/fleet.py --sizes $(SIZES)
+
 # Redraw the charts from the committed JSON.
 chart: env
 	$(BIN)/python bench/compression.py --chart
 	$(BIN)/python bench/engines_cpu.py --chart
 	$(BIN)/python bench/agent_footprint.py --chart
+	$(BIN)/python bench/fleet.py --chart
 
 clean:
 	rm -rf $(VENV) .slimline .mypy_cache .ruff_cache .pytest_cache

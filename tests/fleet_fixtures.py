@@ -1,8 +1,9 @@
 """Fleet test fixtures, shared by the agent tests, the fleet end-to-end test and the benchmark:
 
-- `fleet_release` (session): a real tiny nightly run, its INT8 version built into engines for three
-  CPU targets (two that need no special CPU flag, one that needs avx512_vnni, which the simulated
-  device of `cpuinfo_file` lacks), a release key pair, and signed releases built once:
+- `fleet_release` (session; `build_fleet_release` outside pytest): a real tiny nightly run, its INT8
+  version built into engines for three CPU targets (two that need no special CPU flag, one that needs
+  avx512_vnni, which the simulated device of `cpuinfo_file` lacks), a release key pair, and signed
+  releases built once:
   good1, good2 (the same engines, a later number), bad (engines whose classifier weights are
   scrambled: they sign and pass their build check but disagree with the canary on a device),
   expired, vnni_only (an engine only for the target the simulated device cannot run), good3;
@@ -23,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -130,12 +131,14 @@ def scrambled_engine(settings: Settings, model_version: str, good: Path, dest: P
     return dest
 
 
-@pytest.fixture(scope="session")
-def fleet_release(tmp_path_factory: pytest.TempPathFactory) -> FleetRelease:
+def build_fleet_release(base: Path, names: Sequence[str] = RELEASE_NAMES) -> FleetRelease:
+    """The fleet release of `fleet_release` built under `base` (an empty folder), outside pytest too
+    (bench/fleet.py): the releases in `names` only, in RELEASE_NAMES order, numbered from 1; the
+    scrambled engines are built only when `bad` is among them."""
     from tasks.flow.engines import build_engines
     from tasks.flow.pipeline import run_local
 
-    base = tmp_path_factory.mktemp("fleet-release")
+    wanted = [n for n in RELEASE_NAMES if n in names]
     home = base / "home"
     home.mkdir()
     _write_targets(base / "targets")
@@ -152,7 +155,11 @@ def fleet_release(tmp_path_factory: pytest.TempPathFactory) -> FleetRelease:
     outcomes = build_engines(settings, model_version, [*PLAIN_TARGETS, FLAG_TARGET])
     engines = {o.target: o.path for o in outcomes if o.path is not None}
     assert set(engines) == {*PLAIN_TARGETS, FLAG_TARGET}, [o.reason for o in outcomes]
-    bad = {t: scrambled_engine(settings, model_version, engines[t], base / "bad" / t) for t in PLAIN_TARGETS}
+    bad = (
+        {t: scrambled_engine(settings, model_version, engines[t], base / "bad" / t) for t in PLAIN_TARGETS}
+        if "bad" in wanted
+        else {}
+    )
     keys = generate_key_pair(home / "keys" / "release.key")
     built = FleetRelease(settings=settings, keys=keys, model_version=model_version, engines=engines)
     canary = engines[PLAIN_TARGETS[0]] / "canary.json"
@@ -165,7 +172,7 @@ def fleet_release(tmp_path_factory: pytest.TempPathFactory) -> FleetRelease:
         "vnni_only": ({FLAG_TARGET: engines[FLAG_TARGET]}, now, timedelta(days=30)),
         "good3": (engines, now, timedelta(days=30)),
     }
-    for name in RELEASE_NAMES:
+    for name in wanted:
         chosen, created, expires_in = plans[name]
         bundle = write_bundle(
             settings.releases_dir,
@@ -179,8 +186,13 @@ def fleet_release(tmp_path_factory: pytest.TempPathFactory) -> FleetRelease:
             now=created,
         )
         built.releases[name] = bundle.parent
-    assert [built.number(n) for n in RELEASE_NAMES] == [1, 2, 3, 4, 5, 6]
+    assert [built.number(n) for n in wanted] == list(range(1, len(wanted) + 1))
     return built
+
+
+@pytest.fixture(scope="session")
+def fleet_release(tmp_path_factory: pytest.TempPathFactory) -> FleetRelease:
+    return build_fleet_release(tmp_path_factory.mktemp("fleet-release"))
 
 
 # Publishing
