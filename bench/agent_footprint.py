@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -80,23 +79,6 @@ def _site_packages_bytes() -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def _http(method: str, url: str, document: Any = None) -> dict[str, Any]:
-    data = json.dumps(document).encode() if document is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return dict(json.loads(response.read()))
-
-
-def _wait(probe: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tasks.core.settings import Settings
     from tasks.core.store import open_store
@@ -105,6 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tasks.flow.release import bundle_release
     from tasks.release.bundle import RELEASE_JSON, Release
     from tasks.release.keys import load_private_key, public_key_path
+    from tests.fleet_fixtures import http, wait_for
 
     settings = Settings(**({"home": args.home} if args.home else {}))
     fleet = get_fleet(settings.fleets_dir, args.fleet)
@@ -153,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         command, cwd=REPO, env=dict(os.environ) | {"PYTHONPATH": str(REPO)}, stderr=log
     )
     try:
-        port = _wait(
+        port = wait_for(
             lambda: (
                 json.loads((root / "agent.json").read_text())["port"]
                 if (root / "agent.json").is_file()
@@ -163,14 +146,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "the agent to listen",
         )
         url = f"http://127.0.0.1:{port}"
-        _wait(lambda: _http("GET", f"{url}/version").get("release") == release.number, 300, "the release")
+        wait_for(
+            lambda: http("GET", f"{url}/version")[1].get("release") == release.number, 300, "the release"
+        )
         active_seconds = time.monotonic() - started
-        version = _http("GET", f"{url}/version")
+        version = http("GET", f"{url}/version")[1]
         rss_before = _status_kb(process.pid, "VmRSS")
         latencies = []
         for i in range(args.requests):
             begun = time.perf_counter()
-            _http("POST", f"{url}/predict", {"texts": [TEXTS[i % len(TEXTS)]]})
+            http("POST", f"{url}/predict", {"texts": [TEXTS[i % len(TEXTS)]]})
             latencies.append((time.perf_counter() - begun) * 1000)
         rss_after, peak = _status_kb(process.pid, "VmRSS"), _status_kb(process.pid, "VmHWM")
     finally:

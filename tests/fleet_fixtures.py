@@ -39,8 +39,8 @@ from tasks.fleet.spec import Health
 from tasks.release.bundle import write_bundle
 from tasks.release.keys import KeyPair, generate_key_pair, load_private_key
 from tests.factories import make_checkpoint
+from tests.tiny import CPU_TARGET, write_target, write_tiny_recipe
 from tests.tiny import publish as publish_checkpoint
-from tests.tiny import write_tiny_recipe
 
 FLEET = "edge"
 PLAIN_TARGETS = ("cpu-a", "cpu-b")  # need no CPU flag: every simulated device runs them
@@ -61,15 +61,6 @@ LIGHT_MAIN = (
 )
 REPO = Path(__file__).resolve().parents[1]
 
-CPU_TARGET: dict[str, Any] = {
-    "runtime": "onnxruntime-cpu",
-    "precision": "int8",
-    "optimization_level": "extended",
-    "requires": {"cpu_flags": [], "runtime_version": {"minimum": "1.20"}},
-    "profiles": [{"batch": {"min": 1, "opt": 1, "max": 16}, "sequence": {"min": 1, "opt": 32, "max": 64}}],
-    "check": {"min_agreement": 0.98, "max_logit_diff": 0.05, "throughput_batch": 16, "latency_requests": 20},
-}
-
 
 @dataclass
 class FleetRelease:
@@ -84,12 +75,9 @@ class FleetRelease:
 
 
 def _write_targets(folder: Path) -> None:
-    folder.mkdir(parents=True)
-    for name in (*PLAIN_TARGETS, FLAG_TARGET):
-        data = json.loads(json.dumps(CPU_TARGET)) | {"name": name}
-        if name == FLAG_TARGET:
-            data["requires"]["cpu_flags"] = ["avx512_vnni"]
-        (folder / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    for name in PLAIN_TARGETS:
+        write_target(folder, name)
+    write_target(folder, FLAG_TARGET, requires=CPU_TARGET["requires"] | {"cpu_flags": ["avx512_vnni"]})
 
 
 def scrambled_engine(settings: Settings, model_version: str, good: Path, dest: Path) -> Path:

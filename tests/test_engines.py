@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -26,29 +25,12 @@ from tasks.gate.gates import TargetBudget
 from tasks.registry.engines import engines_of, logged_outcomes
 from tasks.registry.versions import get_version
 from tasks.report.summary import Summary
-from tests.tiny import publish, write_tiny_recipe
+from tests.tiny import CPU_TARGET, publish, write_target, write_tiny_recipe
 
 REPO_TARGETS = Path(__file__).resolve().parents[1] / "targets"
 
 # The registered fixture: settings, the versions by precision, and the night's summary.
 Night = tuple[Settings, dict[str, str], Summary]
-
-CPU_TARGET: dict[str, Any] = {
-    "runtime": "onnxruntime-cpu",
-    "precision": "int8",
-    "optimization_level": "extended",
-    "requires": {"cpu_flags": [], "runtime_version": {"minimum": "1.20"}},
-    "profiles": [{"batch": {"min": 1, "opt": 1, "max": 16}, "sequence": {"min": 1, "opt": 32, "max": 64}}],
-    "check": {"min_agreement": 0.98, "max_logit_diff": 0.05, "throughput_batch": 16, "latency_requests": 20},
-}
-
-
-def write_target(folder: Path, name: str, **changes: object) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    data = json.loads(json.dumps(CPU_TARGET)) | {"name": name} | changes
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def test_the_demo_targets_load():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,23 @@ from tasks.core.settings import Settings
 from tasks.core.store import open_store, upload_tree
 from tasks.intake.data import DatasetConfig, read_examples, split
 from tests.factories import LABELS, make_dataset
+
+CPU_TARGET: dict[str, Any] = {
+    "runtime": "onnxruntime-cpu",
+    "precision": "int8",
+    "optimization_level": "extended",
+    "requires": {"cpu_flags": [], "runtime_version": {"minimum": "1.20"}},
+    "profiles": [{"batch": {"min": 1, "opt": 1, "max": 16}, "sequence": {"min": 1, "opt": 32, "max": 64}}],
+    "check": {"min_agreement": 0.98, "max_logit_diff": 0.05, "throughput_batch": 16, "latency_requests": 20},
+}
+
+
+def write_target(folder: Path, name: str, **changes: object) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = json.loads(json.dumps(CPU_TARGET)) | {"name": name} | changes
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 def write_tiny_recipe(folder: Path, variants: list[dict[str, Any]] | None = None, **gates: Any) -> Path:

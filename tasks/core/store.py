@@ -212,13 +212,13 @@ class S3Store:
         return sorted(found, key=lambda o: o.key)
 
     def download(self, key: str, dest: Path) -> None:
-        self._call(
-            f"download of {key}",
-            self.client.download_file,
-            Bucket=self.bucket,
-            Key=self._key(key),
-            Filename=str(dest),
+        # One streamed GET per object: boto3's download_file sends a HEAD first, which doubles the
+        # requests of a device installing a release of many small files.
+        response = self._call(
+            f"download of {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key)
         )
+        with response["Body"] as body, Path(dest).open("wb") as out:
+            self._call(f"download of {key}", shutil.copyfileobj, fsrc=body, fdst=out, length=1 << 20)
 
     def upload(self, src: Path, key: str) -> None:
         self._call(
