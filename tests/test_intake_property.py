@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from tasks.core.errors import SlimlineError
@@ -146,6 +146,7 @@ def _classify(folder: Path) -> Any:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutations=st.lists(MUTATIONS, min_size=1, max_size=3))
+@example(mutations=[_config_number("num_labels", None)])  # crashed transformers' config once
 def test_mutants_are_refused_or_run_to_a_result(
     _tiny_checkpoint_template: Path, mutations: list[Mutation]
 ) -> None:

@@ -21,6 +21,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -87,6 +88,14 @@ class Architecture(BaseModel):
     hidden_act: str = "gelu"
     num_labels: PositiveInt | None = None
     id2label: dict[str, str] | None = None
+
+    @field_validator("num_labels", mode="before")
+    @classmethod
+    def _num_labels_given(cls, value: object) -> object:
+        # Absent is fine (transformers counts id2label); an explicit null crashes its config.
+        if value is None:
+            raise ValueError("must be a positive integer when present (null is not)")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Architecture:
