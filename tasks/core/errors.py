@@ -104,9 +104,14 @@ class EngineCheckFailed(SlimlineError):
 
 
 class BundleRefused(SlimlineError):
-    """A release bundle failed verification: signature, a digest, its expiry or its release number."""
+    """A release bundle failed verification: signature, a digest, its expiry or its release number.
+    `reason` is what is wrong without naming the folder, for callers that name the release instead."""
 
     exit_code = 15
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class RolloutAborted(SlimlineError):

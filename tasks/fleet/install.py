@@ -47,10 +47,10 @@ def choose_target(
         try:
             info = read_info(bundle / release.targets[target])
         except EngineError as exc:
-            raise BundleRefused(f"bundle {bundle} refused: {exc}") from None
+            raise BundleRefused(str(exc)) from None
         if info.target != target or info.model_version != release.model_version:
             raise BundleRefused(
-                f"bundle {bundle} refused: {name} is an engine of {info.model_version} for {info.target}, "
+                f"{name} is an engine of {info.model_version} for {info.target}, "
                 f"not of {release.model_version} for {target}"
             )
         missing = unmet(info.requires, info.runtime, caps)
@@ -76,10 +76,29 @@ def install_release(
     high_water: int,
     now: datetime,
 ) -> Installed:
-    """Release `number` of the channel, verified, in `releases/`; BundleRefused (one line) when it
-    is not genuine, not for this fleet, expired or not above `high_water`; ReleaseIncompatible when
-    it holds no engine this device can run; StoreError when the channel fails mid-way (nothing is
-    left but staging leftovers, removed at the next start or install)."""
+    """Release `number` of the channel, verified, in `releases/`; BundleRefused (one line, naming the
+    release) when it is not genuine, not for this fleet, expired or not above `high_water`;
+    ReleaseIncompatible when it holds no engine this device can run; StoreError when the channel
+    fails mid-way (nothing is left but staging leftovers, removed at the next start or install)."""
+    try:
+        return _install(channel, number, device, trusted_key, preference, caps, high_water, now)
+    except ReleaseIncompatible:
+        raise
+    except BundleRefused as exc:
+        why = f"release {number} of fleet {channel.fleet} refused: {exc.reason}"
+        raise BundleRefused(why, exc.reason) from None
+
+
+def _install(
+    channel: Channel,
+    number: int,
+    device: DeviceDir,
+    trusted_key: Path,
+    preference: list[str],
+    caps: Capabilities,
+    high_water: int,
+    now: datetime,
+) -> Installed:
     shutil.rmtree(device.staging, ignore_errors=True)
     bundle = device.bundle_dir(number, device.staging)
     signature = device.signature_of(bundle)
@@ -89,9 +108,7 @@ def install_release(
         bundle, trusted_key, signature=signature, current_release=high_water, fleet=channel.fleet, now=now
     )
     if release.number != number:
-        raise BundleRefused(
-            f"bundle {bundle} refused: the channel's release {number} holds release {release.number}"
-        )
+        raise BundleRefused(f"the channel's release {number} holds release {release.number}")
     target = choose_target(channel, release, bundle, preference, caps)
     names = engine_names(release, target)
     for name in names:

@@ -86,7 +86,7 @@ class _Refuser:
         self.bundle = bundle
 
     def __call__(self, why: str) -> BundleRefused:
-        return BundleRefused(f"bundle {self.bundle} refused: {why}")
+        return BundleRefused(f"bundle {self.bundle} refused: {why}", why)
 
 
 def _mismatch(bundle: Path, signed: dict[str, str]) -> str:
