@@ -32,6 +32,7 @@ from tasks.flow.engines import build_engines
 from tasks.flow.release import bundle_release
 from tasks.recipe import load_recipe
 from tasks.registry import tracking
+from tasks.registry.engines import engines_of
 from tasks.registry.versions import get_version, parse_version
 from tasks.release.bundle import RELEASE_JSON, Release
 
@@ -101,11 +102,15 @@ def plan_release(settings: Settings, fleet_name: str, model_version: str | None)
     return plan
 
 
-def build_fleet_engines(settings: Settings, plan: FleetPlan) -> None:
-    """The version's engine for every target of the fleet, built and checked (or found): a target
-    that cannot be built stops the release."""
+def build_fleet_engines(settings: Settings, plan: FleetPlan) -> list[str]:
+    """The version's engine for every target of the fleet that has none registered yet, built and
+    checked: a target that cannot be built stops the release. Returns the targets built."""
     fleet = get_fleet(settings.fleets_dir, plan.fleet)
-    build_engines(settings, plan.model_version, fleet.targets, strict=True)
+    registered = engines_of(settings, get_version(settings, *parse_version(plan.model_version)))
+    missing = [t for t in fleet.targets if t not in registered]
+    if missing:
+        build_engines(settings, plan.model_version, missing, strict=True)
+    return missing
 
 
 def publish_release(settings: Settings, plan: FleetPlan) -> Published:

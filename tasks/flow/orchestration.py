@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 DAGS_DIR = REPO_DIR / "dags"
 FINISHED = re.compile(r"DagRun Finished: .*?run_id=(?P<run_id>[^,]+),.*?state=(?P<state>\w+)")
+TASK_STATE = re.compile(r"Task instance state updated .*?new_state=(?P<state>\w+)")
+# How a task's end is shown: a sensor rescheduled between pokes has not ended.
+ENDINGS = {"success": "done", "up_for_reschedule": "waiting (rescheduled)", "up_for_retry": "will retry"}
 TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(?P<task>\S+)(?: map_index=(?P<index>-?\d+))?")
 
 
@@ -95,6 +98,7 @@ def dags_test(settings: Settings, dag_id: str, conf: dict[str, Any], echo: bool 
     command = [_airflow(), "dags", "test", dag_id, "--conf", json.dumps(conf)]
     started = time.perf_counter()
     finished: dict[str, str] = {}
+    state = "success"
     with log_path.open("w") as sink:
         proc = subprocess.Popen(
             command,
@@ -107,10 +111,13 @@ def dags_test(settings: Settings, dag_id: str, conf: dict[str, Any], echo: bool 
         assert proc.stdout is not None
         for line in proc.stdout:
             sink.write(line)
+            if updated := TASK_STATE.search(line):
+                state = updated["state"]
             if (end := TASK_END.search(line)) and echo:
                 index = end["index"]
                 label = end["task"] if index in (None, "-1") else f"{end['task']}[{index}]"
-                print(f"  [{time.perf_counter() - started:6.1f}s] {label} done", flush=True)
+                ending = ENDINGS.get(state, state)
+                print(f"  [{time.perf_counter() - started:6.1f}s] {label} {ending}", flush=True)
             if match := FINISHED.search(line):
                 finished = match.groupdict()
         returncode = proc.wait()

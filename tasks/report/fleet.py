@@ -77,9 +77,9 @@ def device_rows(status: FleetStatus) -> list[list[str]]:
     for d in status.devices:
         attempt = "—"
         if d.attempt_release is not None:
-            attempt = f"{d.attempt_release}: {d.attempt_result}" + (
-                f" ({d.attempt_reason})" if d.attempt_reason else ""
-            )
+            # A success's reason repeats the health columns; why a release failed or was refused does not.
+            shown = d.attempt_reason and d.attempt_result != "active"
+            attempt = f"{d.attempt_release}: {d.attempt_result}" + (f" ({d.attempt_reason})" if shown else "")
         h = d.health
         rows.append(
             [
