@@ -111,12 +111,13 @@ class FileStore:
         # A hard link is a second name for the same bytes; one whose other names all lie in the
         # listing is harmless, one shared with a file outside it exposes that file.
         names_inside = Counter((i.st_dev, i.st_ino) for _, i in entries)
+        root = self.root.resolve()  # once: resolving it per entry made listing 100,000 keys slow
         found = []
         for path, info in entries:
             kind = _entry_kind(info.st_mode)
             if kind == "file" and info.st_nlink > names_inside[(info.st_dev, info.st_ino)]:
                 kind = "hard link to a file outside the listing"
-            key = path.relative_to(self.root.resolve()).as_posix()
+            key = path.relative_to(root).as_posix()
             found.append(ObjectInfo(key=key, size=info.st_size, etag=str(info.st_mtime_ns), kind=kind))
         return found
 
