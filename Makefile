@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: env demo test test-fast lint bench bench-engines bench-agent bench-fleet chart clean
+.PHONY: env demo test test-fast lint bench bench-engines bench-agent bench-fleet bench-audit chart clean
 
 env: $(STAMP)
 
@@ -57,12 +57,18 @@ SIZES ?= 100 1000 10000
 bench-fleet: env
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/fleet.py --sizes $(SIZES)
 
+# `audit verify` over audit logs of 1,000, 10,000 and 100,000 records on file:// (built directly with
+# real records, hashes and a signed head every 100): bench/results/audit-verify.json and .png.
+bench-audit: env
+	$(BIN)/python bench/audit_verify.py
+
 # Redraw the charts from the committed JSON.
 chart: env
 	$(BIN)/python bench/compression.py --chart
 	$(BIN)/python bench/engines_cpu.py --chart
 	$(BIN)/python bench/agent_footprint.py --chart
 	$(BIN)/python bench/fleet.py --chart
+	$(BIN)/python bench/audit_verify.py --chart
 
 clean:
 	rm -rf $(VENV) .slimline .mypy_cache .ruff_cache .pytest_cache

@@ -373,6 +373,35 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return run_agent(config, port=args.port, once=args.once)
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from tasks.audit.log import open_log
+    from tasks.audit.verify import verify
+    from tasks.release.keys import load_public_key, public_key_path
+
+    settings = _settings(args)
+    trusted = load_public_key(args.trusted_key or public_key_path(settings.signing_key))
+    report = verify(open_log(settings), trusted)
+    print(report.model_dump_json(indent=2) if args.json else report.summary())
+    return 0
+
+
+def cmd_audit_sign_head(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from tasks.audit.heads import sign_head
+    from tasks.audit.log import open_log
+    from tasks.release.keys import load_private_key
+
+    settings = _settings(args)
+    audit = open_log(settings)
+    head = sign_head(audit, load_private_key(settings.signing_key), datetime.now(UTC))
+    if head is None:
+        print(f"audit log {audit.uri} is empty; nothing to sign")
+    else:
+        print(f"signed head {head.seq} of {audit.uri}: record {head.seq} hashes to {head.hash}")
+    return 0
+
+
 def _release_number(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a release number (0, 1, 2, ...)")
@@ -710,6 +739,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent.add_argument("--once", action="store_true", help="start, poll once, report, exit (no server)")
     agent.set_defaults(func=cmd_agent)
+
+    audit = sub.add_parser("audit", help="the append-only, hash-chained audit log and its signed heads")
+    asub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    audit_verify = asub.add_parser(
+        "verify",
+        help="check every record and signed head of the audit log (exit 0 ok, 17 tampered)",
+        description="Walk the audit log ($SLIMLINE_AUDIT_LOG, default <home>/audit) in seq order: every "
+        "record must parse, sit under its own seq with no gaps and carry the sha256 of the record "
+        "before it, and every signed head must be signed by the trusted key and match the record at "
+        "its seq, with no record missing below it. Prints counts, the last signed head and how many "
+        "records follow it unsigned; exit status 17 with one line naming the first record or head "
+        "that was edited, deleted, reordered, forged or truncated.",
+    )
+    audit_verify.add_argument(
+        "--trusted-key",
+        type=Path,
+        metavar="K",
+        help="public key (PEM) heads must be signed with (default: $SLIMLINE_SIGNING_KEY with .pub added)",
+    )
+    audit_verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    audit_verify.set_defaults(func=cmd_audit_verify)
+    audit_sign = asub.add_parser(
+        "sign-head",
+        help="sign the audit log's current head with the release key now",
+        description="Sign {seq, hash, count, at} of the log's last record with the release key "
+        "($SLIMLINE_SIGNING_KEY) into heads/<seq>.json, as appends do every $SLIMLINE_AUDIT_HEAD_EVERY "
+        "records: records up to it can then no longer be edited, deleted or cut off unnoticed. "
+        "Run it at the end of a DAG run. A head already signed at that seq is kept.",
+    )
+    audit_sign.set_defaults(func=cmd_audit_sign_head)
     return parser
 
 

@@ -137,6 +137,32 @@ def test_upload_tree_without_marker_or_prefix(store: ObjectStore, tmp_path: Path
     assert sorted(o.key for o in store.list("")) == sorted(files)
 
 
+def test_create_never_overwrites(store: ObjectStore) -> None:
+    assert store.create("log/000001.json", b"first") is True
+    assert store.create("log/000001.json", b"second") is False
+    fetched = store.get("log/000001.json", 100)
+    assert fetched is not None and fetched.data == b"first"
+    assert [o.key for o in store.list("log")] == ["log/000001.json"]
+
+
+def test_racing_creates_of_one_key_have_one_winner(store: ObjectStore) -> None:
+    """Eight threads claim each of five keys at once: exactly one wins each, and its bytes stay."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def claim(args: tuple[int, int]) -> tuple[int, int, bool]:
+        key, writer = args
+        return key, writer, store.create(f"race/{key}", f"writer {writer}".encode())
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(claim, [(k, w) for k in range(5) for w in range(8)]))
+    for key in range(5):
+        winners = [w for k, w, won in results if k == key and won]
+        assert len(winners) == 1, f"key {key}: winners {winners}"
+        fetched = store.get(f"race/{key}", 100)
+        assert fetched is not None and fetched.data == f"writer {winners[0]}".encode()
+    assert len(store.list("race")) == 5
+
+
 def test_file_store_missing_root_is_unreachable(tmp_path: Path) -> None:
     uri = (tmp_path / "nowhere").as_uri()
     store = open_store(uri)

@@ -120,5 +120,13 @@ class RolloutAborted(SlimlineError):
     exit_code = 16
 
 
+class AuditFailed(SlimlineError):
+    """The audit log does not verify: a record was edited, deleted, reordered or forged, a signed
+    head is missing its records or was not signed by the trusted key. The message names the first
+    such record or head."""
+
+    exit_code = 17
+
+
 class ReleaseIncompatible(BundleRefused):
     """A genuine release holds no engine this device can run; refused before any engine is downloaded."""

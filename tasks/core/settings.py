@@ -90,6 +90,17 @@ class Settings(BaseSettings):
         "default <home>/channel.",
     )
 
+    audit_log: str = Field(
+        default="",
+        description="Audit log store URI (file:///... or s3://bucket/prefix): one object per record, "
+        "never overwritten; default <home>/audit.",
+    )
+    audit_head_every: int = Field(
+        default=100,
+        ge=1,
+        description="Sign the audit log's head with the release key every this many records.",
+    )
+
     @field_validator("home", "signing_key")
     @classmethod
     def _absolute_path(cls, value: Path) -> Path:
@@ -102,6 +113,10 @@ class Settings(BaseSettings):
     @cached_property
     def channel_uri(self) -> str:
         return self.fleet_channel or (self.home / "channel").as_uri()
+
+    @cached_property
+    def audit_log_uri(self) -> str:
+        return self.audit_log or (self.home / "audit").as_uri()
 
     @cached_property
     def tracking_uri(self) -> str:
@@ -159,6 +174,8 @@ class Settings(BaseSettings):
             "SLIMLINE_FLEET_CHANNEL": self.channel_uri,
             "SLIMLINE_AIRFLOW_API_URL": self.airflow_api_url,
             "SLIMLINE_ROLLOUT_POKE_SECONDS": str(self.rollout_poke_seconds),
+            "SLIMLINE_AUDIT_LOG": self.audit_log_uri,
+            "SLIMLINE_AUDIT_HEAD_EVERY": str(self.audit_head_every),
         }
         if self.s3_endpoint_url:
             env["SLIMLINE_S3_ENDPOINT_URL"] = self.s3_endpoint_url

@@ -68,6 +68,12 @@ class ObjectStore(Protocol):
         """Write a small object whole: readers see the old bytes or the new, never a part."""
         ...
 
+    def create(self, key: str, data: bytes) -> bool:
+        """Write a small object whole only if `key` does not exist yet: True when this call created
+        it, False when an object was there first (it is left as it was). Of writers racing for one
+        key, exactly one gets True: what append-only logs claim their next entry with."""
+        ...
+
 
 def _too_large(uri: str, key: str, limit: int) -> StoreError:
     return StoreError(f"{uri}/{key} is larger than {limit} bytes; refused")
@@ -105,12 +111,13 @@ class FileStore:
         # A hard link is a second name for the same bytes; one whose other names all lie in the
         # listing is harmless, one shared with a file outside it exposes that file.
         names_inside = Counter((i.st_dev, i.st_ino) for _, i in entries)
+        root = self.root.resolve()  # once: resolving it per entry made listing 100,000 keys slow
         found = []
         for path, info in entries:
             kind = _entry_kind(info.st_mode)
             if kind == "file" and info.st_nlink > names_inside[(info.st_dev, info.st_ino)]:
                 kind = "hard link to a file outside the listing"
-            key = path.relative_to(self.root.resolve()).as_posix()
+            key = path.relative_to(root).as_posix()
             found.append(ObjectInfo(key=key, size=info.st_size, etag=str(info.st_mtime_ns), kind=kind))
         return found
 
@@ -155,6 +162,31 @@ class FileStore:
 
     def put(self, key: str, data: bytes) -> None:
         write_atomic(self._path(key), data)
+
+    def create(self, key: str, data: bytes) -> bool:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), 0o644)
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            # link(2) fails when the name exists, atomically, across processes (rename would
+            # replace it); the complete file appears under its final name or not at all.
+            try:
+                os.link(tmp, dest)
+            except FileExistsError:
+                return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        dir_fd = os.open(dest.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return True
 
 
 class S3Store:
@@ -259,6 +291,29 @@ class S3Store:
         self._call(
             f"write of {key}", self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data
         )
+
+    def create(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            # S3's conditional write (and moto's, from 5.0.x): refused with 412 when the key exists.
+            self._call(
+                f"write of {key}",
+                self.client.put_object,
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Body=data,
+                IfNoneMatch="*",
+            )
+        except StoreError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError):
+                code = str(cause.response.get("Error", {}).get("Code", ""))
+                # 409 ConditionalRequestConflict: another conditional write of the key is in flight.
+                if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                    return False
+            raise
+        return True
 
 
 def open_store(uri: str, s3_endpoint_url: str | None = None) -> ObjectStore:

@@ -1,0 +1,158 @@
+"""Audit log verification benchmark: `tasks.audit.verify.verify` (the code behind `slimline audit
+verify`) over logs of 1,000, 10,000 and 100,000 records on a file:// store, so the growth shows.
+
+Each log is built fast, outside the append path: the record objects are written directly with the
+real Record model and real hashes (each record's prev is the sha256 of the one before), a head
+signed with a real EC P-256 key every 100 records, as appends would. Then the real `verify` walks
+it, several times; the figure is the median.
+
+    python bench/audit_verify.py                       # run: bench/results/audit-verify.json + .png
+    python bench/audit_verify.py --sizes 1000 10000    # fewer sizes
+    python bench/audit_verify.py --chart               # redraw the chart from the JSON only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+HEAD_EVERY = 100
+
+
+def build_log(root: Path, records: int, private_key: Any) -> float:
+    """Write `records` records and a signed head every HEAD_EVERY into `root`; seconds taken."""
+    from tasks.audit.chain import head_key
+    from tasks.audit.heads import Head
+    from tasks.audit.records import GENESIS, RECORD_KINDS, Record, digest, encode, record_key
+    from tasks.release.metadata import sign_document
+
+    began = time.perf_counter()
+    (root / "records").mkdir(parents=True)
+    (root / "heads").mkdir()
+    prev, start = GENESIS, datetime(2026, 5, 1, tzinfo=UTC)
+    for seq in range(1, records + 1):
+        at = start + timedelta(seconds=seq)
+        record = Record(
+            seq=seq,
+            at=at,
+            kind=RECORD_KINDS[seq % len(RECORD_KINDS)],  # type: ignore[arg-type]  # one of the Literal's values
+            subject=f"device:d{seq % 1000}",
+            data={"engine_digest": f"{seq:064x}", "release": seq // 1000, "verdict": "active"},
+            actor="fleet_release",
+            prev=prev,
+        )
+        body = encode(record)
+        (root / record_key(seq)).write_bytes(body)
+        prev = digest(body)
+        if seq % HEAD_EVERY == 0:
+            head = Head(seq=seq, hash=prev, count=seq, at=at)
+            (root / head_key(seq)).write_bytes(sign_document(head.model_dump(mode="json"), private_key))
+    return time.perf_counter() - began
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tasks.audit.chain import AuditLog
+    from tasks.audit.verify import verify
+    from tasks.core.store import open_store
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    logs = []
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory(prefix="audit-bench-", dir=args.tmp) as tmp:
+            root = Path(tmp) / "audit"
+            built = build_log(root, size, key)
+            audit = AuditLog(store=open_store(root.as_uri()), head_every=HEAD_EVERY)
+            seconds = []
+            for _ in range(args.runs):
+                report = verify(audit, key.public_key(), workers=args.workers)
+                assert report.records == size and report.unsigned_tail == 0
+                seconds.append(report.seconds)
+            bytes_on_disk = sum(p.stat().st_size for p in root.rglob("*.json"))
+        median = statistics.median(seconds)
+        logs.append(
+            {
+                "records": size,
+                "heads": size // HEAD_EVERY,
+                "bytes": bytes_on_disk,
+                "build_seconds": round(built, 2),
+                "verify_seconds": [round(s, 3) for s in seconds],
+                "verify_seconds_median": round(median, 3),
+                "records_per_second": round(size / median),
+            }
+        )
+        print(
+            f"{size:>8,} records  built in {built:6.1f} s  verify median {median:7.3f} s "
+            f"({size / median:,.0f} records/s)  runs {', '.join(f'{s:.2f}' for s in seconds)}",
+            flush=True,
+        )
+    return {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "store": "file:// (local disk, page cache warm after the build)",
+        "method": f"{args.runs} runs of verify per size, {args.workers} reader threads; a signed head "
+        f"every {HEAD_EVERY} records, all checked",
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "logs": logs,
+    }
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = sorted(results["logs"], key=lambda r: r["records"])
+    sizes = [r["records"] for r in logs]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    axes[0].plot(sizes, [r["verify_seconds_median"] for r in logs], "o-", color="#2a7")
+    for r in logs:
+        axes[0].annotate(
+            f"{r['verify_seconds_median']:.2f} s",
+            (r["records"], r["verify_seconds_median"]),
+            textcoords="offset points",
+            xytext=(4, -12),
+            fontsize=8,
+        )
+    axes[0].set(xscale="log", yscale="log", xlabel="records", ylabel="seconds (median)", title="audit verify")
+    axes[1].bar([f"{s:,}" for s in sizes], [r["records_per_second"] for r in logs], color="#2a7")
+    axes[1].set(xlabel="records", ylabel="records per second", title="verify throughput")
+    fig.suptitle(f"{results['store']}; {results['method']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000], help="log sizes")
+    parser.add_argument("--runs", type=int, default=3, help="verify runs per size (the median is quoted)")
+    parser.add_argument("--workers", type=int, default=4, help="verify's reader threads")
+    parser.add_argument("--tmp", type=Path, help="folder for the logs (default the system's temp folder)")
+    parser.add_argument("--chart", action="store_true", help="only redraw the chart from the JSON")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "audit-verify.json"
+    if args.chart:
+        results = json.loads(out.read_text())
+    else:
+        results = run(args)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+    chart(results, RESULTS / "audit-verify.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
