@@ -115,14 +115,14 @@ def test_nightly_dag_run_registers_with_lineage_and_is_idempotent(settings, tiny
     dags_test(fleet_settings, "fleet_release", {"fleet": "lab", "model_version": label})
     checkpoint = ("file", uri.removeprefix("file://"))
     variant = ("slimline://artifacts", int8.tags["slimline.artifact_key"])
-    version = (f"mlflow://{settings.home}/mlflow.db", label)
+    registered = (f"mlflow://{settings.home}/mlflow.db", label)
     built = ("slimline://engines", f"cpu-avx2/{engine['digest']}")
     release = ("file", f"{settings.home}/channel/fleets/lab/releases/000001")
     fleet = ("file", f"{settings.home}/channel/fleets/lab")
     chain = {
         ("nightly_compression.run_variant", checkpoint, variant),
-        ("nightly_compression.publish", variant, version),
-        ("nightly_compression.build_engine", version, built),
+        ("nightly_compression.publish", variant, registered),
+        ("nightly_compression.build_engine", registered, built),
         ("fleet_release.publish_release", built, release),
         ("fleet_release.conclude", release, fleet),
     }

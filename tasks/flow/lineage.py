@@ -111,16 +111,17 @@ def _merged(present: Sequence[Any], added: Iterable[LineageDataset]) -> list[Any
     task that reports twice (a retry in the same process) lists each once."""
     from openlineage.client.event_v2 import Dataset
     from openlineage.client.facet_v2 import dataset_version_dataset
+    from openlineage.client.generated.base import DatasetFacet
 
     merged = list(present)
     seen = {(d.namespace, d.name) for d in merged if isinstance(d, Dataset)}
     for d in added:
         if (d.namespace, d.name) not in seen:
-            facets = (
-                {"version": dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=d.version)}
-                if d.version
-                else {}
-            )
+            facets: dict[str, DatasetFacet] = {}
+            if d.version:
+                facets["version"] = dataset_version_dataset.DatasetVersionDatasetFacet(
+                    datasetVersion=d.version
+                )
             merged.append(Dataset(namespace=d.namespace, name=d.name, facets=facets))
             seen.add((d.namespace, d.name))
     return merged
