@@ -1,7 +1,7 @@
 """OpenLineage datasets of the flow, reported by the DAG tasks through Airflow's OpenLineage provider.
 
-A task adds the datasets it read and wrote to its own inlets and outlets while it runs; when it ends,
-the provider's listener puts them in the task's COMPLETE (or FAIL) run event, which goes to the
+A task adds the datasets it read and wrote to its own inlets and outlets once its step succeeded;
+when it ends, the provider's listener puts them in the task's COMPLETE run event, which goes to the
 transport the settings name (`openlineage_transport`; default a JSON-lines file under the home).
 This is the provider's fallback for operators without an extractor (TaskFlow tasks), and takes
 OpenLineage `Dataset`s as they are.
