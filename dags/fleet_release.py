@@ -66,17 +66,23 @@ def fleet_release() -> None:
 
     @task
     def build_engines(planned: dict[str, Any]) -> None:
+        from tasks.flow import lineage
         from tasks.flow.fleet_release import FleetPlan, build_fleet_engines
 
         with fail_fast_on_permanent_errors():
-            build_fleet_engines(SETTINGS, FleetPlan.model_validate(planned))
+            outcomes = build_fleet_engines(SETTINGS, FleetPlan.model_validate(planned))
+        for outcome in outcomes:
+            lineage.engine_built(SETTINGS, outcome)
 
     @task(**(NETWORK_RETRIES | {"task_id": PUBLISH_TASK}))
     def publish(planned: dict[str, Any]) -> dict[str, Any]:
+        from tasks.flow import lineage
         from tasks.flow.fleet_release import FleetPlan, publish_release
 
         with fail_fast_on_permanent_errors():
-            return publish_release(SETTINGS, FleetPlan.model_validate(planned)).model_dump(mode="json")
+            published = publish_release(SETTINGS, FleetPlan.model_validate(planned))
+        lineage.release_published(SETTINGS, published)
+        return published.model_dump(mode="json")
 
     @task.branch
     def needs_approval(published: dict[str, Any]) -> str:
@@ -118,6 +124,7 @@ def fleet_release() -> None:
     # whole fleet back (and fails the run), a finished one moves the fleet's alias.
     @task(trigger_rule="all_done", **NETWORK_RETRIES)
     def conclude() -> dict[str, Any]:
+        from tasks.flow import lineage
         from tasks.flow.fleet_release import Published, conclude_rollout
 
         ti = get_current_context()["ti"]
@@ -125,9 +132,9 @@ def fleet_release() -> None:
         if published is None:
             raise AirflowSkipException("nothing was published")
         with fail_fast_on_permanent_errors():
-            return conclude_rollout(SETTINGS, Published.model_validate(published), answer).model_dump(
-                mode="json"
-            )
+            conclusion = conclude_rollout(SETTINGS, Published.model_validate(published), answer)
+        lineage.fleet_concluded(SETTINGS, conclusion)
+        return conclusion.model_dump(mode="json")
 
     # `conclude` runs whatever happened, so it cannot say whether the run failed: a task that failed
     # before it would otherwise end as a skipped leaf and the run as a success.

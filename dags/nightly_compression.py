@@ -72,11 +72,13 @@ def nightly_compression() -> None:
 
     @task(map_index_template="{{ task.op_kwargs['job']['variant'] }}")
     def run_variant(job: dict[str, Any]) -> dict[str, Any]:
+        from tasks.flow import lineage
         from tasks.flow.pipeline import Prepared, run_variant
 
         prepared = Prepared.model_validate(job["prepared"])
         with fail_fast_on_permanent_errors():
             outcome = run_variant(SETTINGS, prepared, job["variant"])
+        lineage.variant_compressed(prepared, outcome)
         return {"prepared": job["prepared"], "outcome": outcome.model_dump(mode="json")}
 
     # Publishing registers versions and may move `candidate`: fleet_release runs on this asset.
@@ -90,6 +92,7 @@ def nightly_compression() -> None:
         )
     )
     def publish(results: list[dict[str, Any]], checkpoints: list[str]) -> list[dict[str, Any]]:
+        from tasks.flow import lineage
         from tasks.flow.pipeline import Prepared, VariantOutcome, publish
 
         by_checkpoint: dict[str, tuple[Prepared, list[VariantOutcome]]] = {}
@@ -100,9 +103,12 @@ def nightly_compression() -> None:
         published, incomplete = [], []
         for prepared, outcomes in by_checkpoint.values():
             try:
-                published.append(publish(SETTINGS, prepared, outcomes).model_dump(mode="json"))
+                summary = publish(SETTINGS, prepared, outcomes)
             except IncompleteRun as exc:  # the others still publish; this one is retried tomorrow
                 incomplete.append(str(exc))
+                continue
+            lineage.versions_registered(SETTINGS, summary, outcomes)
+            published.append(summary.model_dump(mode="json"))
         # A checkpoint with no finished variant (refused, failed validation) is not in `results`;
         # with "all_done" this task would otherwise end the DAG run as a success.
         reached = {prepared.checkpoint.uri for prepared, _ in by_checkpoint.values()}
@@ -139,6 +145,7 @@ def nightly_compression() -> None:
         "{{ task.op_kwargs['job']['target'] }}"
     )
     def build_engine(job: dict[str, str]) -> dict[str, Any]:
+        from tasks.flow import lineage
         from tasks.flow.engines import build_engines
         from tasks.flow.pipeline import logged_recipe
 
@@ -147,6 +154,7 @@ def nightly_compression() -> None:
             (outcome,) = build_engines(
                 SETTINGS, job["model_version"], [job["target"]], recipe=recipe, strict=False
             )
+        lineage.engine_built(SETTINGS, outcome)
         return {"parent_run_id": job["parent_run_id"], "outcome": outcome.model_dump(mode="json")}
 
     @task(**NETWORK_RETRIES)

@@ -5,12 +5,14 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from tasks.core.errors import OrchestrationError
 from tasks.flow.orchestration import DAGS_DIR, airflow_environment, dags_test
 from tasks.registry.engines import logged_outcomes
-from tests.tiny import publish, write_tiny_recipe
+from tasks.release.keys import generate_key_pair
+from tests.tiny import lineage_edges, publish, write_tiny_recipe
 
 PARSE = """
 import json
@@ -95,6 +97,36 @@ def test_nightly_dag_run_registers_with_lineage_and_is_idempotent(settings, tiny
     assert second.state == "success" and second.run_id != first.run_id
     assert len(client.search_model_versions("name = 'tiny-sentiment'")) == 2
     assert "discovered 0 checkpoint(s)" in second.log_path.read_text()
+
+    # The INT8 version released to a fleet with no device yet (its one wave passes at once); then
+    # the OpenLineage events of the three DAG runs, read back from the file, link the checkpoint to
+    # the fleet by dataset names.
+    int8 = by_variant["onnx-int8-dynamic"]
+    label = f"tiny-sentiment/{int8.version}"
+    fleet_settings = settings.model_copy(
+        update={"fleets_dir": tmp_path / "fleets", "rollout_poke_seconds": 1}
+    )
+    (tmp_path / "fleets").mkdir()
+    (tmp_path / "fleets" / "lab.yaml").write_text(
+        yaml.safe_dump({"name": "lab", "targets": ["cpu-avx2"], "waves": [{"name": "canary", "limit": 1}]})
+    )
+    (settings.home / "channel").mkdir()
+    generate_key_pair(settings.signing_key)
+    dags_test(fleet_settings, "fleet_release", {"fleet": "lab", "model_version": label})
+    checkpoint = ("file", uri.removeprefix("file://"))
+    variant = ("slimline://artifacts", int8.tags["slimline.artifact_key"])
+    registered = (f"mlflow://{settings.home}/mlflow.db", label)
+    built = ("slimline://engines", f"cpu-avx2/{engine['digest']}")
+    release = ("file", f"{settings.home}/channel/fleets/lab/releases/000001")
+    fleet = ("file", f"{settings.home}/channel/fleets/lab")
+    chain = {
+        ("nightly_compression.run_variant", checkpoint, variant),
+        ("nightly_compression.publish", variant, registered),
+        ("nightly_compression.build_engine", registered, built),
+        ("fleet_release.publish_release", built, release),
+        ("fleet_release.conclude", release, fleet),
+    }
+    assert chain <= lineage_edges(settings), sorted(lineage_edges(settings))
 
 
 def test_a_refused_checkpoint_stops_its_own_branch_only(settings, tiny_checkpoint, tmp_path):

@@ -32,6 +32,8 @@ from tasks.flow.fleet_release import (
     fleet_alias,
 )
 from tasks.flow.orchestration import api_server, dags_test
+from tasks.registry.engines import engines_of
+from tasks.registry.versions import get_version
 from tasks.release.bundle import write_bundle
 from tests.fleet_fixtures import (
     FLAG_TARGET,
@@ -44,6 +46,7 @@ from tests.fleet_fixtures import (
     scrambled_engine,
     wait_for,
 )
+from tests.tiny import lineage_edges
 
 FLEET = "wave"
 VNNI_CPUINFO = SIMULATED_CPUINFO.replace(" fma", " fma avx512f avx512_vnni")
@@ -215,6 +218,29 @@ def test_a_release_rolls_out_wave_by_wave_and_a_bad_one_is_rolled_back_fleet_wid
         client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
         assert str(client.get_model_version_by_alias(name, fleet_alias(FLEET)).version) == version
 
+        # Its OpenLineage events, read back from the file: the version and the engines of both
+        # device kinds → the release in the channel → the fleet.
+        bucket, channel_key = settings.channel_uri.removeprefix("s3://").split("/", 1)
+        released = (f"s3://{bucket}", f"{channel_key}/fleets/{FLEET}/releases/{good:06d}")
+        registered = engines_of(settings, get_version(settings, name, version))
+        edges = lineage_edges(settings)
+        assert {
+            *(
+                (
+                    "fleet_release.publish_release",
+                    ("slimline://engines", f"{t}/{registered[t].digest}"),
+                    released,
+                )
+                for t in KIND_TARGET.values()
+            ),
+            (
+                "fleet_release.publish_release",
+                (f"mlflow://{settings.home}/mlflow.db", f"{name}/{version}"),
+                released,
+            ),
+            ("fleet_release.conclude", released, (f"s3://{bucket}", f"{channel_key}/fleets/{FLEET}")),
+        } <= edges, sorted(edges)
+
         # The offline device comes back and gets the fleet's current release, not a stale one.
         agents[OFFLINE] = start_agent(fleet_release, settings, tmp_path, OFFLINE)
         wait_for(lambda: on_release(channel, [OFFLINE], good), 60, "the returning device to install")
@@ -253,6 +279,7 @@ def test_a_release_rolls_out_wave_by_wave_and_a_bad_one_is_rolled_back_fleet_wid
             release=bad,
             model_version=fleet_release.model_version,
             bundle=bundle,
+            engines=[],
             approval_required=True,
             approval_timeout_minutes=30,
             summary="bad",

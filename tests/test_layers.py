@@ -1,5 +1,6 @@
 """The package's import contracts (pyproject.toml [tool.importlinter]): layers, no cycles, no
-Airflow or MLflow below the registry. The same checker is shown to fail on a package with a cycle."""
+Airflow, OpenLineage or MLflow below the registry. The same checker is shown to fail on a package
+with a cycle."""
 
 from __future__ import annotations
 

@@ -87,3 +87,23 @@ def make_context(folder: Path, checkpoint: Path, calibration: int = 20) -> Techn
         teacher_key="test-teacher",
         artifacts_dir=folder / "artifacts",
     )
+
+
+def lineage_edges(settings: Settings) -> set[tuple[str, tuple[str, str], tuple[str, str]]]:
+    """(job, input, output) of every COMPLETE OpenLineage event in the default file transport,
+    datasets as (namespace, name): the task-level edges a lineage backend draws."""
+    edges = set()
+    for line in settings.lineage_file.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("eventType") != "COMPLETE":
+            continue
+        for source in event.get("inputs") or []:
+            for made in event.get("outputs") or []:
+                edges.add(
+                    (
+                        event["job"]["name"],
+                        (source["namespace"], source["name"]),
+                        (made["namespace"], made["name"]),
+                    )
+                )
+    return edges

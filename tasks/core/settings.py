@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -89,6 +92,31 @@ class Settings(BaseSettings):
         description="Fleet channel URI (file:///... or s3://bucket/prefix) that agents poll; "
         "default <home>/channel.",
     )
+    openlineage_transport: str = Field(
+        default="",
+        description="Where the DAG tasks' OpenLineage events go: a transport as JSON (Airflow's "
+        '[openlineage] transport, e.g. {"type": "http", "url": "http://marquez:5000"}) or the http(s) URL '
+        "of a lineage server (Marquez or any backend); default one JSON event per line appended to "
+        "<home>/lineage/openlineage.jsonl.",
+    )
+    openlineage_namespace: str = Field(
+        default="slimline", min_length=1, description="OpenLineage namespace of the DAGs' jobs."
+    )
+
+    @field_validator("openlineage_transport")
+    @classmethod
+    def _transport(cls, value: str) -> str:
+        value = value.strip()
+        if value.startswith("{"):
+            try:
+                parsed = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not valid JSON ({exc})") from None
+            if not isinstance(parsed.get("type"), str):
+                raise ValueError('a transport object needs a "type" (http, file, kafka, console, ...)')
+        elif value and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc):
+            raise ValueError(f"{value!r} is neither a transport JSON object nor an http(s) URL")
+        return value
 
     audit_log: str = Field(
         default="",
@@ -150,6 +178,22 @@ class Settings(BaseSettings):
     def airflow_home(self) -> Path:
         return self.home / "airflow"
 
+    @property
+    def lineage_file(self) -> Path:
+        """The default OpenLineage transport's file (see `openlineage_transport`)."""
+        return self.home / "lineage" / "openlineage.jsonl"
+
+    @cached_property
+    def lineage_transport(self) -> dict[str, Any]:
+        """The OpenLineage transport config (`openlineage_transport`, or the default file)."""
+        if self.openlineage_transport.startswith("{"):
+            parsed: dict[str, Any] = json.loads(self.openlineage_transport)
+            return parsed
+        if self.openlineage_transport:
+            return {"type": "http", "url": self.openlineage_transport}
+        # append: one file of JSON lines (without it the transport writes one file per event)
+        return {"type": "file", "log_file_path": str(self.lineage_file), "append": True}
+
     def environment(self) -> dict[str, str]:
         """The variables that make a child process (Airflow, a container) see these settings."""
         env = {
@@ -176,6 +220,8 @@ class Settings(BaseSettings):
             "SLIMLINE_ROLLOUT_POKE_SECONDS": str(self.rollout_poke_seconds),
             "SLIMLINE_AUDIT_LOG": self.audit_log_uri,
             "SLIMLINE_AUDIT_HEAD_EVERY": str(self.audit_head_every),
+            "SLIMLINE_OPENLINEAGE_TRANSPORT": self.openlineage_transport,
+            "SLIMLINE_OPENLINEAGE_NAMESPACE": self.openlineage_namespace,
         }
         if self.s3_endpoint_url:
             env["SLIMLINE_S3_ENDPOINT_URL"] = self.s3_endpoint_url

@@ -32,7 +32,7 @@ from tasks.flow.engines import build_engines
 from tasks.flow.release import bundle_release
 from tasks.recipe import load_recipe
 from tasks.registry import tracking
-from tasks.registry.engines import engines_of
+from tasks.registry.engines import EngineOutcome, EngineRecord, engines_of
 from tasks.registry.versions import get_version, parse_version
 from tasks.release.bundle import RELEASE_JSON, Release
 
@@ -62,6 +62,7 @@ class Published(BaseModel):
     release: int
     model_version: str
     bundle: Path
+    engines: list[EngineRecord]  # the registered engines bundled, one per target of the fleet
     approval_required: bool
     approval_timeout_minutes: float
     summary: str  # what an approver reads
@@ -102,15 +103,13 @@ def plan_release(settings: Settings, fleet_name: str, model_version: str | None)
     return plan
 
 
-def build_fleet_engines(settings: Settings, plan: FleetPlan) -> list[str]:
+def build_fleet_engines(settings: Settings, plan: FleetPlan) -> list[EngineOutcome]:
     """The version's engine for every target of the fleet that has none registered yet, built and
-    checked: a target that cannot be built stops the release. Returns the targets built."""
+    checked: a target that cannot be built stops the release. Returns the builds."""
     fleet = get_fleet(settings.fleets_dir, plan.fleet)
     registered = engines_of(settings, get_version(settings, *parse_version(plan.model_version)))
     missing = [t for t in fleet.targets if t not in registered]
-    if missing:
-        build_engines(settings, plan.model_version, missing, strict=True)
-    return missing
+    return build_engines(settings, plan.model_version, missing, strict=True) if missing else []
 
 
 def publish_release(settings: Settings, plan: FleetPlan) -> Published:
@@ -118,6 +117,7 @@ def publish_release(settings: Settings, plan: FleetPlan) -> Published:
     rollout starts (after approval, where required)."""
     bundle = bundle_release(settings, plan.model_version, plan.fleet)
     release = Release.model_validate_json((bundle / RELEASE_JSON).read_text(encoding="utf-8"))
+    registered = engines_of(settings, get_version(settings, *parse_version(plan.model_version)))
     lineage = ", ".join(f"{k} {v}" for k, v in sorted(release.lineage.items()) if k in LINEAGE_SHOWN)
     summary = (
         f"Release {release.number} of {plan.model_version} to fleet {plan.fleet}: targets "
@@ -128,6 +128,7 @@ def publish_release(settings: Settings, plan: FleetPlan) -> Published:
         release=release.number,
         model_version=plan.model_version,
         bundle=bundle,
+        engines=[registered[target] for target in release.targets],
         approval_required=plan.approval_required,
         approval_timeout_minutes=plan.approval_timeout_minutes,
         summary=summary,

@@ -53,6 +53,8 @@ class DagRunResult(BaseModel):
 
 def airflow_environment(settings: Settings) -> dict[str, str]:
     home = settings.airflow_home
+    if not settings.openlineage_transport:  # the default file transport makes no folder
+        settings.lineage_file.parent.mkdir(parents=True, exist_ok=True)
     return {
         **os.environ,
         **settings.environment(),
@@ -61,6 +63,9 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        # The OpenLineage provider stays off unless a transport is configured.
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(settings.lineage_transport),
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": settings.openlineage_namespace,
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
