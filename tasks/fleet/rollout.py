@@ -51,6 +51,9 @@ class WaveRecord(BaseModel):
     selector: dict[str, str] = Field(default_factory=dict)
     devices: list[str]
     assigned: list[str] = Field(default_factory=list, description="Told to install the release, in order.")
+    finished: list[str] = Field(
+        default_factory=list, description="Assigned devices seen with a final outcome, in order."
+    )
     success_threshold: float
     timeout_minutes: float
     started_at: AwareDatetime | None = None
@@ -247,6 +250,7 @@ def _step_wave(
         deadline_passed=now >= wave.deadline,
     )
     wave.counts, wave.reason = judgement.counts, judgement.reason
+    wave.finished += [d for d in wave.assigned if outcomes[d] != "pending" and d not in wave.finished]
     if judgement.decision != "in_progress":
         wave.decision, wave.decided_at = judgement.decision, now
         return

@@ -17,6 +17,7 @@ from tasks.engines.canary import CALIBRATION_FILE, calibration_step, canary_step
 from tasks.engines.info import CanaryResult, read_info
 from tasks.engines.runtime import BuildSource
 from tasks.engines.target import Target, resolve_targets
+from tasks.flow import audit_events
 from tasks.flow.pipeline import logged_recipe, version_recipe
 from tasks.gate.gates import TargetBudget
 from tasks.intake.checkpoints import fetch
@@ -164,6 +165,7 @@ def build_engines(
             continue
         digest = str(result.manifest.metrics["digest"])
         record = record_engine(settings, ref, result.path, result.key, digest, info)
+        audit_events.engine_built(settings, ref.label, name, digest, "reused" if result.reused else "built")
         outcomes.append(
             EngineOutcome(
                 model_version=ref.label,

@@ -27,7 +27,9 @@ from tasks.fleet.rollout import (
     start_rollout,
 )
 from tasks.fleet.spec import get_fleet
+from tasks.flow import audit_events
 from tasks.flow.approval import approval_answer
+from tasks.flow.audit_events import FLEET_RELEASE
 from tasks.flow.engines import build_engines
 from tasks.flow.release import bundle_release
 from tasks.recipe import load_recipe
@@ -157,14 +159,14 @@ def begin_rollout(
     """Start the rollout (idempotent): publish the release to the channel and plan its waves; a
     rejected approval is recorded and publishes nothing."""
     fleet = get_fleet(settings.fleets_dir, published.fleet)
-    return start_rollout(
-        open_channel(settings, fleet.name),
-        fleet,
-        published.bundle,
-        settings.signing_key,
-        datetime.now(UTC),
-        _approval(published, answer),
-    )
+    channel = open_channel(settings, fleet.name)
+    started = load_rollout(channel, published.release) is not None
+    approval = _approval(published, answer)
+    now = datetime.now(UTC)
+    record = start_rollout(channel, fleet, published.bundle, settings.signing_key, now, approval)
+    if not started and record.approval.required:
+        audit_events.approval_decided(settings, record)
+    return record
 
 
 def advance_rollout(settings: Settings, published: Published) -> bool:
@@ -174,7 +176,13 @@ def advance_rollout(settings: Settings, published: Published) -> bool:
     record = load_rollout(channel, published.release)
     if record is None:
         raise ConfigError(f"release {published.release} of fleet {fleet.name} has no rollout to advance")
+    before = record
     record = advance(channel, fleet, record, settings.signing_key, datetime.now(UTC))
+    audit_events.wave_changes(settings, before, record)
+    for old, new in zip(before.waves, record.waves, strict=True):
+        newly = [d for d in new.finished if d not in old.finished]
+        for status in channel.statuses(newly).values() if newly else ():
+            audit_events.device_outcome(settings, record, status)
     wave = record.current_wave()
     log.info(
         "rollout of release %s to %s: %s%s",
@@ -201,6 +209,7 @@ def conclude_rollout(
         name, version = parse_version(record.model_version)
         alias = fleet_alias(fleet.name)
         tracking.move_alias(settings, name, alias, version)
+        audit_events.alias_moved(settings, record.model_version, alias, FLEET_RELEASE)
         return Conclusion(
             fleet=fleet.name,
             release=record.release,
@@ -212,6 +221,8 @@ def conclude_rollout(
     rolled = fleet_rollback(
         channel, fleet, settings.releases_dir, settings.signing_key, reason, datetime.now(UTC)
     )
+    if record.state != "rolled_back":
+        audit_events.fleet_rolled_back(settings, rolled)
     back = rolled.rollback
     where = (
         f"the fleet was rolled back to release {back.release} (restoring release {back.restores})"

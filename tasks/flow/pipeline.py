@@ -21,6 +21,7 @@ from tasks.core.models import ModelRef, model_size_bytes
 from tasks.core.settings import Settings
 from tasks.core.version import code_commit
 from tasks.engines.target import resolve_targets
+from tasks.flow import audit_events
 from tasks.flow.sidebyside import Entrant, record, time_and_choose, timed_verdict
 from tasks.gate.evaluate import PREDICTIONS, evaluate, metrics_of, read_predictions
 from tasks.gate.gates import ProductionReference, Verdict, judge
@@ -129,6 +130,15 @@ def _count(results: list[StepResult]) -> tuple[int, int]:
     return len(results) - reused, reused
 
 
+def fetch_checkpoint(settings: Settings, uri: str) -> VerifiedCheckpoint:
+    """`fetch`, with a refusal (before the contents were verified) written to the audit log."""
+    try:
+        return fetch(settings, uri)
+    except CheckpointRefused as exc:
+        audit_events.checkpoint_refused(settings, uri, str(exc), None, exc.exit_code)
+        raise
+
+
 def prepare(settings: Settings, recipe_path: Path, checkpoint_uri: str, run_label: str) -> Prepared:
     """Fetch and verify the checkpoint, split the data, check the checkpoint's position embeddings
     and tokenizer against it, validate the data, evaluate the baseline, open the parent run. A
@@ -140,7 +150,7 @@ def prepare(settings: Settings, recipe_path: Path, checkpoint_uri: str, run_labe
     resolve_targets(
         settings.targets_dir, [t.name for t in recipe.targets]
     )  # a bad target fails before any work
-    checkpoint = fetch(settings, checkpoint_uri)
+    checkpoint = fetch_checkpoint(settings, checkpoint_uri)
     split = prepare_splits(settings, recipe.dataset)
     try:
         arch = read_verified_architecture(checkpoint.uri, checkpoint.path, settings)
@@ -151,8 +161,12 @@ def prepare(settings: Settings, recipe_path: Path, checkpoint_uri: str, run_labe
     except CheckpointRefused as exc:
         uri, fingerprint = checkpoint.uri, checkpoint.fingerprint
         record_refusal(settings, uri, fingerprint, exc, checkpoint.digest, recipe.digest)
+        audit_events.checkpoint_refused(settings, uri, str(exc), checkpoint.digest, exc.exit_code)
         raise
     forget_stale_refusal(settings, checkpoint.uri, checkpoint.fingerprint, recipe.digest)
+    audit_events.checkpoint_verified(
+        settings, checkpoint.uri, checkpoint.digest, checkpoint.fingerprint, recipe.digest
+    )
     parent = tracking.start_parent_run(
         settings,
         recipe,
@@ -176,6 +190,7 @@ def prepare(settings: Settings, recipe_path: Path, checkpoint_uri: str, run_labe
             suites=validation.suites + check_predictions(recipe, baseline, "baseline").suites
         )
     tracking.log_json(settings, parent, VALIDATION_REPORT, validation.model_dump(mode="json"))
+    audit_events.data_validated(settings, split.key, checkpoint.uri, validation)
     if baseline is None or not validation.success:
         tracking.finish_parent_run(settings, parent, {"status": "data validation failed"}, status="FAILED")
         raise DataValidationError(validation.message())
@@ -381,6 +396,19 @@ def recheck_version(settings: Settings, model_version: str) -> Recheck:
     )
 
 
+def gate_lineage(prepared: Prepared, model_key: str) -> dict[str, str]:
+    """What a variant's gate record joins on: its model's artifact key and where it came from."""
+    return {
+        "artifact_key": model_key,
+        "recipe_digest": prepared.recipe_digest,
+        "code_commit": code_commit(),
+        "checkpoint_uri": prepared.checkpoint.uri,
+        "checkpoint_digest": prepared.checkpoint.digest,
+        "dataset_digest": prepared.split.key,
+        "parent_run_id": prepared.parent_run_id,
+    }
+
+
 def run_variant(settings: Settings, prepared: Prepared, variant: str) -> VariantOutcome:
     """Compress, evaluate and gate one variant, and log it as a child run."""
     started = time.perf_counter()
@@ -429,6 +457,8 @@ def run_variant(settings: Settings, prepared: Prepared, variant: str) -> Variant
         },
         curves=training_curves(steps, trainings),
     )
+    lineage = gate_lineage(prepared, step_results[-1].key)
+    audit_events.variant_gated(settings, variant, run_id, verdict, lineage, stage="gates")
     computed, reused = _count([*step_results, evaluation])
     return VariantOutcome(
         variant=variant,
@@ -475,6 +505,11 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
     ]
     side = time_and_choose(settings, recipe, prepared.split, baseline_model(prepared.checkpoint), entrants)
     record(settings, prepared.parent_run_id, entrants, side)
+    for o in outcomes:
+        timed = side.verdicts.get(o.variant)
+        if timed is not None and timed.passed != o.verdict.passed:
+            lineage = gate_lineage(prepared, o.model_key)
+            audit_events.variant_gated(settings, o.variant, o.run_id, timed, lineage, stage="timing")
     outcomes = [o.model_copy(update={"verdict": side.verdicts.get(o.variant, o.verdict)}) for o in outcomes]
     passing = [next(o for o in outcomes if o.variant == name) for name in side.order]
     versions: dict[str, str] = {}
@@ -504,9 +539,13 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
         versions[outcome.variant] = version
         if new:
             new_versions.append(version)
+            label = f"{tracking.registered_model_name(settings, recipe)}/{version}"
+            audit_events.version_registered(settings, label, outcome.run_id, outcome.model_key)
     candidate = versions[passing[-1].variant] if passing else None
     if candidate:
         tracking.set_alias(settings, recipe, tracking.CANDIDATE_ALIAS, candidate)
+        label = f"{tracking.registered_model_name(settings, recipe)}/{candidate}"
+        audit_events.alias_moved(settings, label, tracking.CANDIDATE_ALIAS, audit_events.NIGHTLY)
 
     rows = [
         Row(
@@ -575,7 +614,7 @@ def run_local(settings: Settings, recipe_path: Path, checkpoint_uri: str) -> Sum
     RunInProgress. A run that died (killed, machine lost) is resumed by the next: its parent run
     continues, finished steps and child runs are reused, its registered versions found again."""
     recipe = load_recipe(recipe_path)
-    checkpoint = fetch(settings, checkpoint_uri)
+    checkpoint = fetch_checkpoint(settings, checkpoint_uri)
     lock = settings.locks_dir / f"run-{checkpoint.digest[:24]}-{recipe.digest[:24]}.lock"
     with run_lock(lock, f"checkpoint {checkpoint.uri} with recipe {recipe.name}"):
         label = tracking.resume_dead_run(settings, recipe, checkpoint.digest, LOCAL_LABEL)

@@ -10,12 +10,14 @@ from pathlib import Path
 from tasks.core.digests import file_sha256
 from tasks.core.errors import ConfigError
 from tasks.core.settings import Settings
+from tasks.engines.build import engine_digest
 from tasks.engines.canary import CANARY_FILE
 from tasks.engines.target import resolve_targets
 from tasks.fleet.spec import get_fleet
+from tasks.flow import audit_events
 from tasks.registry.engines import ENGINE_TAG, engines_of, fetch_engine
 from tasks.registry.versions import get_version, parse_version
-from tasks.release.bundle import write_bundle
+from tasks.release.bundle import RELEASE_JSON, Release, write_bundle
 
 
 def bundle_release(settings: Settings, model_version: str, fleet_name: str) -> Path:
@@ -45,7 +47,7 @@ def bundle_release(settings: Settings, model_version: str, fleet_name: str) -> P
         )
     lineage = {k: v for k, v in ref.lineage.items() if not k.startswith(ENGINE_TAG)}
     days = fleet.release_expiry_days or settings.release_expiry_days
-    return write_bundle(
+    bundle = write_bundle(
         settings.releases_dir,
         fleet=fleet.name,
         model_version=ref.label,
@@ -55,3 +57,8 @@ def bundle_release(settings: Settings, model_version: str, fleet_name: str) -> P
         private_key=settings.signing_key,
         expires_in=timedelta(days=days),
     )
+    release = Release.model_validate_json((bundle / RELEASE_JSON).read_text(encoding="utf-8"))
+    # The digests a device reports as active: computed from the bundle's own engine folders.
+    digests = {target: engine_digest(bundle / folder) for target, folder in release.targets.items()}
+    audit_events.bundle_signed(settings, fleet.name, release.number, ref.label, digests)
+    return bundle
