@@ -333,23 +333,10 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet_rollback(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
+    from tasks.flow.fleet_release import roll_back_fleet
 
-    from tasks.fleet.channel import open_channel
-    from tasks.fleet.rollout import fleet_rollback
-    from tasks.fleet.spec import get_fleet
-
-    settings = _settings(args)
-    fleet = get_fleet(settings.fleets_dir, args.fleet)
-    record = fleet_rollback(
-        open_channel(settings, fleet.name),
-        fleet,
-        settings.releases_dir,
-        settings.signing_key,
-        args.reason,
-        datetime.now(UTC),
-    )
-    print(f"fleet {fleet.name}: {record.reason}")
+    record = roll_back_fleet(_settings(args), args.fleet, args.reason)
+    print(f"fleet {record.fleet}: {record.reason}")
     return 0
 
 
@@ -374,14 +361,30 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from tasks.audit.log import open_log
+    import json
+
+    from tasks.audit.log import open_log, read_records
     from tasks.audit.verify import verify
+    from tasks.flow.audit_fleet import check_devices
     from tasks.release.keys import load_public_key, public_key_path
 
     settings = _settings(args)
     trusted = load_public_key(args.trusted_key or public_key_path(settings.signing_key))
-    report = verify(open_log(settings), trusted)
-    print(report.model_dump_json(indent=2) if args.json else report.summary())
+    audit = open_log(settings)
+    report = verify(audit, trusted)
+    devices = check_devices(settings, list(read_records(audit)))
+    if args.json:
+        print(json.dumps(report.model_dump(mode="json") | {"devices_checked": devices}, indent=2))
+    else:
+        print(f"{report.summary()}; {devices} devices run only engines released to their fleet")
+    return 0
+
+
+def cmd_audit_fleet(args: argparse.Namespace) -> int:
+    from tasks.flow.audit_fleet import audit_fleet
+
+    trace = audit_fleet(_settings(args), args.fleet)
+    print(trace.model_dump_json(indent=2) if args.json else trace.text())
     return 0
 
 
@@ -749,8 +752,10 @@ def build_parser() -> argparse.ArgumentParser:
         "record must parse, sit under its own seq with no gaps and carry the sha256 of the record "
         "before it, and every signed head must be signed by the trusted key and match the record at "
         "its seq, with no record missing below it. Prints counts, the last signed head and how many "
-        "records follow it unsigned; exit status 17 with one line naming the first record or head "
-        "that was edited, deleted, reordered, forged or truncated.",
+        "records follow it unsigned; then checks that every engine a device of any fleet in the "
+        "channel reports active was released to its fleet (a bundle.signed record names it). Exit "
+        "status 17 with one line naming the first record or head that was edited, deleted, reordered, "
+        "forged or truncated, or the first device running an engine never released to its fleet.",
     )
     audit_verify.add_argument(
         "--trusted-key",
@@ -760,6 +765,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit_verify.add_argument("--json", action="store_true", help="print the report as JSON")
     audit_verify.set_defaults(func=cmd_audit_verify)
+    audit_fleet = asub.add_parser(
+        "fleet",
+        help="what each device of fleet F runs and where it came from",
+        description="For each device of fleet F (devices sharing one lineage grouped): active release, "
+        "engine digest, model version, variant run, checkpoint URI and digest, dataset digest and its "
+        "validation, recipe digest, code commit, gate verdict with reasons, approver and time; joined "
+        "from the devices' reports in the channel, each release's release.json and the audit log.",
+    )
+    audit_fleet.add_argument("fleet", metavar="F", help="fleet name")
+    audit_fleet.add_argument("--json", action="store_true", help="print the lineages as JSON")
+    audit_fleet.set_defaults(func=cmd_audit_fleet)
     audit_sign = asub.add_parser(
         "sign-head",
         help="sign the audit log's current head with the release key now",

@@ -31,12 +31,12 @@ from tasks.flow import audit_events
 from tasks.flow.approval import approval_answer
 from tasks.flow.audit_events import FLEET_RELEASE
 from tasks.flow.engines import build_engines
-from tasks.flow.release import bundle_release
+from tasks.flow.release import bundle_release, record_bundle
 from tasks.recipe import load_recipe
 from tasks.registry import tracking
 from tasks.registry.engines import EngineOutcome, EngineRecord, engines_of
 from tasks.registry.versions import get_version, parse_version
-from tasks.release.bundle import RELEASE_JSON, Release
+from tasks.release.bundle import BUNDLE, RELEASE_JSON, Release, release_dir
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +178,12 @@ def advance_rollout(settings: Settings, published: Published) -> bool:
         raise ConfigError(f"release {published.release} of fleet {fleet.name} has no rollout to advance")
     before = record
     record = advance(channel, fleet, record, settings.signing_key, datetime.now(UTC))
-    audit_events.wave_changes(settings, before, record)
+    # Devices first: a wave is promoted or aborted on the outcomes they reached.
     for old, new in zip(before.waves, record.waves, strict=True):
         newly = [d for d in new.finished if d not in old.finished]
         for status in channel.statuses(newly).values() if newly else ():
             audit_events.device_outcome(settings, record, status)
+    audit_events.wave_changes(settings, before, record)
     wave = record.current_wave()
     log.info(
         "rollout of release %s to %s: %s%s",
@@ -192,6 +193,22 @@ def advance_rollout(settings: Settings, published: Published) -> bool:
         f", wave {wave.name} {wave.counts}" if wave is not None else "",
     )
     return record.state not in UNDER_WAY
+
+
+def roll_back_fleet(settings: Settings, fleet_name: str, reason: str) -> RolloutRecord:
+    """Roll the fleet's latest rollout back (tasks.fleet.rollout.fleet_rollback); the first time,
+    the new release carrying the restored one and the rollback go to the audit log."""
+    fleet = get_fleet(settings.fleets_dir, fleet_name)
+    channel = open_channel(settings, fleet.name)
+    latest = latest_rollout(channel)
+    now = datetime.now(UTC)
+    rolled = fleet_rollback(channel, fleet, settings.releases_dir, settings.signing_key, reason, now)
+    if latest is not None and latest.state != "rolled_back":
+        back = rolled.rollback
+        if back is not None and back.release is not None:
+            record_bundle(settings, release_dir(settings.releases_dir, fleet.name, back.release) / BUNDLE)
+        audit_events.fleet_rolled_back(settings, rolled)
+    return rolled
 
 
 def conclude_rollout(
@@ -218,11 +235,7 @@ def conclude_rollout(
             alias=f"{name}@{alias}",
         )
     reason = record.reason or "the rollout did not finish"
-    rolled = fleet_rollback(
-        channel, fleet, settings.releases_dir, settings.signing_key, reason, datetime.now(UTC)
-    )
-    if record.state != "rolled_back":
-        audit_events.fleet_rolled_back(settings, rolled)
+    rolled = roll_back_fleet(settings, fleet.name, reason)
     back = rolled.rollback
     where = (
         f"the fleet was rolled back to release {back.release} (restoring release {back.restores})"

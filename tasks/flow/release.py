@@ -57,8 +57,13 @@ def bundle_release(settings: Settings, model_version: str, fleet_name: str) -> P
         private_key=settings.signing_key,
         expires_in=timedelta(days=days),
     )
-    release = Release.model_validate_json((bundle / RELEASE_JSON).read_text(encoding="utf-8"))
-    # The digests a device reports as active: computed from the bundle's own engine folders.
-    digests = {target: engine_digest(bundle / folder) for target, folder in release.targets.items()}
-    audit_events.bundle_signed(settings, fleet.name, release.number, ref.label, digests)
+    record_bundle(settings, bundle)
     return bundle
+
+
+def record_bundle(settings: Settings, bundle: Path) -> None:
+    """The bundle.signed audit record of a signed bundle folder: its fleet, number, model version,
+    and the digest of every target's engine as a device computes it (what it reports active)."""
+    release = Release.model_validate_json((bundle / RELEASE_JSON).read_text(encoding="utf-8"))
+    digests = {target: engine_digest(bundle / folder) for target, folder in release.targets.items()}
+    audit_events.bundle_signed(settings, release.fleet, release.number, release.model_version, digests)
