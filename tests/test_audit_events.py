@@ -10,8 +10,9 @@ import pytest
 from tasks.audit.log import open_log, read_records
 from tasks.audit.records import Record
 from tasks.audit.verify import verify
-from tasks.core.errors import CheckpointRefused
+from tasks.core.errors import CheckpointRefused, StoreError
 from tasks.core.settings import Settings
+from tasks.flow.audit_events import record_event
 from tasks.flow.engines import build_published_engines
 from tasks.flow.pipeline import run_local
 from tasks.release.keys import generate_key_pair, load_public_key
@@ -92,3 +93,16 @@ def test_a_refused_checkpoint_is_recorded_with_its_reason(
     (record,) = records(settings)
     assert record.kind == "checkpoint.refused" and record.subject == f"checkpoint:{uri}"
     assert record.data == {"reason": str(refused.value), "digest": None, "exit_code": refused.value.exit_code}
+
+
+def test_a_record_that_cannot_be_formed_is_skipped_and_an_unwritable_log_is_a_store_error(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    record_event(settings, "checkpoint.refused", "checkpoint:file:///x", {"reason": "x" * 70_000}, "test")
+    assert records(settings) == []
+    assert "audit record not written (the step goes on)" in caplog.text
+
+    (tmp_path / "a-file").write_text("not a folder")
+    unwritable = Settings(home=settings.home, audit_log=(tmp_path / "a-file" / "audit").as_uri())
+    with pytest.raises(StoreError, match=r"cannot append checkpoint.verified about checkpoint:file:///x: "):
+        record_event(unwritable, "checkpoint.verified", "checkpoint:file:///x", {"digest": "ab"}, "test")

@@ -12,7 +12,7 @@ from pydantic import JsonValue
 
 from tasks.audit.log import append_event
 from tasks.audit.records import RecordKind
-from tasks.core.errors import ConfigError
+from tasks.core.errors import AuditFailed, ConfigError, StoreError
 from tasks.core.settings import Settings
 from tasks.fleet.channel import DeviceStatus
 from tasks.fleet.rollout import RolloutRecord, WaveRecord
@@ -53,10 +53,17 @@ def record_event(
     actor: str,
     now: datetime | None = None,
 ) -> None:
+    """Append one record; a record that cannot be formed is logged and skipped, a log that cannot
+    be written (its store failing, its chain broken so no valid link can be made) is a StoreError."""
     try:
         append_event(settings, kind, subject, data, actor, now)
     except ConfigError as exc:
         log.error("audit record not written (the step goes on): %s", exc)
+    except (OSError, AuditFailed) as exc:
+        what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StoreError(
+            f"audit log {settings.audit_log_uri}: cannot append {kind} about {subject}: {what}"
+        ) from exc
 
 
 def checkpoint_verified(
