@@ -17,6 +17,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from tasks.audit.log import open_log, read_records
+from tasks.audit.verify import verify
 from tasks.cli import main
 from tasks.core.errors import OrchestrationError, RolloutAborted
 from tasks.core.settings import Settings
@@ -24,6 +26,7 @@ from tasks.fleet.channel import Channel, DeviceStatus, open_channel
 from tasks.fleet.device import DeviceState
 from tasks.fleet.rollout import RolloutRecord, latest_rollout, load_rollout
 from tasks.flow.approval import approval_answer
+from tasks.flow.audit_fleet import audit_fleet, check_devices
 from tasks.flow.fleet_release import (
     Published,
     advance_rollout,
@@ -35,6 +38,7 @@ from tasks.flow.orchestration import api_server, dags_test
 from tasks.registry.engines import engines_of
 from tasks.registry.versions import get_version
 from tasks.release.bundle import write_bundle
+from tasks.release.keys import load_public_key
 from tests.fleet_fixtures import (
     FLAG_TARGET,
     PLAIN_TARGETS,
@@ -320,6 +324,19 @@ def test_a_release_rolls_out_wave_by_wave_and_a_bad_one_is_rolled_back_fleet_wid
                 assert not (tmp_path / "devices" / device / "root" / "releases" / f"{bad:06d}").exists()
             assert state.active is not None and state.active.release == restored
             assert state.active.engine_digest == statuses(channel)[device].active.engine_digest  # type: ignore[union-attr]
+
+        # The audit log traces every device back to the nightly run and the approver, and every
+        # engine a real agent reports active is one a bundle.signed record released to the fleet.
+        trace = audit_fleet(settings, FLEET)
+        assert sorted(d for g in trace.groups for d in g.devices) == sorted(DEVICES)
+        for group in trace.groups:
+            chain = group.lineage
+            assert chain.release == restored and chain.released, chain
+            assert chain.model_version == fleet_release.model_version and chain.variant_run
+            assert chain.checkpoint_verified and chain.validation == "passed" and chain.gate_passed
+            assert chain.approval == "given" and chain.approved_by == APPROVER
+        assert verify(open_log(settings), load_public_key(fleet_release.keys.public)).records > 0
+        assert check_devices(settings, list(read_records(open_log(settings)))) == len(DEVICES)
     finally:
         for agent in agents.values():
             agent.stop()
