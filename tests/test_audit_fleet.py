@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,12 @@ from tasks.cli import main
 from tasks.core.errors import RolloutAborted
 from tasks.core.settings import Settings
 from tasks.engines.build import engine_digest
-from tasks.engines.info import read_info, write_info
 from tasks.fleet.channel import ActiveRelease, Attempt, DeviceStatus, Result, open_channel
 from tasks.flow.fleet_release import Published, advance_rollout, begin_rollout, conclude_rollout
 from tasks.flow.release import record_bundle
-from tasks.release.bundle import Release, write_bundle
+from tasks.release.bundle import Release
 from tasks.release.keys import KeyPair, generate_key_pair, load_public_key
-from tests.test_release_bundle import make_engine
-from tests.test_rollout import FLEET, TARGETS, WAVES, enroll
+from tests.test_rollout import FLEET, TARGETS, WAVES, bundle_of, enroll
 
 GOOD, BAD = "minilm-sentiment/7", "minilm-sentiment/8"
 CHECKPOINT = "s3://models/nightly/minilm"
@@ -65,26 +63,11 @@ def nightly_records(settings: Settings) -> None:
         append_event(settings, "variant.gated", f"variant_run:{run}", data, "nightly")
 
 
-def signed_release(settings: Settings, tmp_path: Path, model_version: str, run: str, size: int) -> Path:
+def signed_release(
+    settings: Settings, keys: KeyPair, tmp_path: Path, model_version: str, run: str, size: int
+) -> Path:
     """A signed bundle of `model_version` for both targets, recorded as bundle_release does."""
-    built = tmp_path / "built" / model_version.replace("/", "-")
-    engines = {}
-    for target in TARGETS:
-        folder = make_engine(built / target, target, size=size)
-        write_info(folder, read_info(folder).model_copy(update={"model_version": model_version}))
-        engines[target] = folder
-    canary = built / "canary.jsonl"
-    canary.write_text("".join(json.dumps({"text": f"tweet {i}", "label": i % 3}) + "\n" for i in range(8)))
-    bundle = write_bundle(
-        settings.releases_dir,
-        fleet=FLEET,
-        model_version=model_version,
-        lineage=lineage(run),
-        engines=engines,
-        canary=canary,
-        private_key=settings.signing_key,
-        expires_in=timedelta(days=30),
-    )
+    bundle = bundle_of(tmp_path, settings.releases_dir, keys, model_version, size, lineage(run))
     record_bundle(settings, bundle)
     return bundle
 
@@ -179,10 +162,10 @@ def test_a_release_and_its_rollback_leave_their_records_and_audit_fleet_shows_ev
 ):
     settings, keys = fleet_settings
     nightly_records(settings)
-    good = published(signed_release(settings, tmp_path, GOOD, "run-good", 4096))
+    good = published(signed_release(settings, keys, tmp_path, GOOD, "run-good", 4096))
     begin_rollout(settings, good, answer("alice", "canary numbers fine"))
     roll_out(settings, keys, good)
-    bad = published(signed_release(settings, tmp_path, BAD, "run-bad", 2048))
+    bad = published(signed_release(settings, keys, tmp_path, BAD, "run-bad", 2048))
     begin_rollout(settings, bad, answer("bob", "ship it"))
     roll_out(settings, keys, bad, bad=frozenset({"c1"}))
     with pytest.raises(RolloutAborted, match="rolled back to release 3"):
@@ -235,7 +218,7 @@ def test_verify_names_a_device_running_an_engine_never_released_to_its_fleet(
     fleet_settings: tuple[Settings, KeyPair], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
     settings, keys = fleet_settings
-    good = published(signed_release(settings, tmp_path, GOOD, "run-good", 4096))
+    good = published(signed_release(settings, keys, tmp_path, GOOD, "run-good", 4096))
     begin_rollout(settings, good, answer("alice", ""))
     roll_out(settings, keys, good)
     assert main(["--home", str(settings.home), "audit", "verify"]) == 0

@@ -78,7 +78,14 @@ def channel(tmp_path: Path) -> Channel:
     return Channel(open_store((tmp_path / "channel").as_uri()), FLEET)
 
 
-def bundle_of(tmp_path: Path, releases: Path, keys: KeyPair, model_version: str, size: int) -> Path:
+def bundle_of(
+    tmp_path: Path,
+    releases: Path,
+    keys: KeyPair,
+    model_version: str,
+    size: int,
+    lineage: dict[str, str] = LINEAGE,
+) -> Path:
     """A signed release of `model_version` for both targets; `size` makes its engines differ."""
     built = tmp_path / "built" / model_version.replace("/", "-")
     engines = {}
@@ -92,7 +99,7 @@ def bundle_of(tmp_path: Path, releases: Path, keys: KeyPair, model_version: str,
         releases,
         fleet=FLEET,
         model_version=model_version,
-        lineage=LINEAGE,
+        lineage=lineage,
         engines=engines,
         canary=canary,
         private_key=keys.private,
