@@ -102,15 +102,21 @@ class FileStore:
         base = self._path(_clean_prefix(prefix)) if prefix.strip("/") else self.root.resolve()
         if not base.exists():
             return []
-        entries = []
+        entries: list[tuple[Path, os.stat_result]] = []
+        temporaries: list[tuple[Path, os.stat_result]] = []
         for path in sorted(base.rglob("*")):
-            info = path.lstat()
-            if stat.S_ISDIR(info.st_mode) or ".tmp-" in path.name:
+            try:
+                info = path.lstat()
+            except FileNotFoundError:  # removed since the walk saw it (a writer's temporary file)
                 continue
-            entries.append((path, info))
+            if stat.S_ISDIR(info.st_mode):
+                continue
+            # A writer's temporary file is not an object, but it may briefly be a second name of
+            # one (create() links it into place), so it still counts among the names inside.
+            (temporaries if ".tmp-" in path.name else entries).append((path, info))
         # A hard link is a second name for the same bytes; one whose other names all lie in the
         # listing is harmless, one shared with a file outside it exposes that file.
-        names_inside = Counter((i.st_dev, i.st_ino) for _, i in entries)
+        names_inside = Counter((i.st_dev, i.st_ino) for _, i in [*entries, *temporaries])
         root = self.root.resolve()  # once: resolving it per entry made listing 100,000 keys slow
         found = []
         for path, info in entries:
