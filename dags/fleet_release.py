@@ -27,11 +27,15 @@ ROLLOUT_TIMEOUT = timedelta(days=7)
 
 class FleetApproval(ApprovalOperator):
     """The release's approval, asked only for fleets that require it, with the fleet's own timeout
-    (a timeout chooses Reject). Who answered and when is the task's return value."""
+    (a timeout chooses Reject). Who answered and when is the task's return value; the asking goes
+    to the audit log as the task starts waiting."""
 
     def execute(self, context: Any) -> Any:
+        from tasks.flow.fleet_release import Published, ask_approval
+
         published = context["ti"].xcom_pull(task_ids=PUBLISH_TASK)
         self.response_timeout = timedelta(minutes=float(published["approval_timeout_minutes"]))
+        ask_approval(SETTINGS, Published.model_validate(published))
         return super().execute(context)
 
 

@@ -363,16 +363,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     import json
 
-    from tasks.audit.log import open_log, read_records
-    from tasks.audit.verify import verify
-    from tasks.flow.audit_fleet import check_devices
+    from tasks.flow.audit import verify_audit
     from tasks.release.keys import load_public_key, public_key_path
 
     settings = _settings(args)
     trusted = load_public_key(args.trusted_key or public_key_path(settings.signing_key))
-    audit = open_log(settings)
-    report = verify(audit, trusted)
-    devices = check_devices(settings, list(read_records(audit)))
+    report, devices = verify_audit(settings, trusted, args.witness)
     if args.json:
         print(json.dumps(report.model_dump(mode="json") | {"devices_checked": devices}, indent=2))
     else:
@@ -381,9 +377,25 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_fleet(args: argparse.Namespace) -> int:
-    from tasks.flow.audit_fleet import audit_fleet
+    from tasks.flow.audit import audit_fleet
 
     trace = audit_fleet(_settings(args), args.fleet)
+    print(trace.model_dump_json(indent=2) if args.json else trace.text())
+    return 0
+
+
+def cmd_audit_device(args: argparse.Namespace) -> int:
+    from tasks.flow.audit import audit_device
+
+    trace = audit_device(_settings(args), args.device, args.fleet)
+    print(trace.model_dump_json(indent=2) if args.json else trace.text())
+    return 0
+
+
+def cmd_audit_version(args: argparse.Namespace) -> int:
+    from tasks.flow.audit import audit_version
+
+    trace = audit_version(_settings(args), args.model_version)
     print(trace.model_dump_json(indent=2) if args.json else trace.text())
     return 0
 
@@ -403,6 +415,15 @@ def cmd_audit_sign_head(args: argparse.Namespace) -> int:
     else:
         print(f"signed head {head.seq} of {audit.uri}: record {head.seq} hashes to {head.hash}")
     return 0
+
+
+def _model_version(text: str) -> str:
+    name, _, version = text.rpartition("/")
+    if not name or not version.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not NAME/VERSION with a version number, e.g. minilm-sentiment/7"
+        )
+    return text
 
 
 def _release_number(text: str) -> int:
@@ -763,6 +784,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="public key (PEM) heads must be signed with (default: $SLIMLINE_SIGNING_KEY with .pub added)",
     )
+    audit_verify.add_argument(
+        "--witness",
+        type=Path,
+        metavar="FILE",
+        help="where this verifier remembers the last signed head it checked, per log; a later run fails "
+        "if that record is gone or changed (default: $SLIMLINE_AUDIT_WITNESS, <home>/audit-witness.json)",
+    )
     audit_verify.add_argument("--json", action="store_true", help="print the report as JSON")
     audit_verify.set_defaults(func=cmd_audit_verify)
     audit_fleet = asub.add_parser(
@@ -776,6 +804,36 @@ def build_parser() -> argparse.ArgumentParser:
     audit_fleet.add_argument("fleet", metavar="F", help="fleet name")
     audit_fleet.add_argument("--json", action="store_true", help="print the lineages as JSON")
     audit_fleet.set_defaults(func=cmd_audit_fleet)
+    audit_device = asub.add_parser(
+        "device",
+        help="what device D runs, where it came from, and its activations and rollbacks",
+        description="The chain of `audit fleet` for one device (active release, engine digest, model "
+        "version, variant run, checkpoint, dataset and validation, recipe, code commit, gate verdict, "
+        "approver), then its history from the audit log with times: every release it activated or "
+        "rolled back from, and its fleet's rollbacks.",
+    )
+    audit_device.add_argument("device", metavar="D", help="device id")
+    audit_device.add_argument(
+        "--fleet",
+        metavar="F",
+        help="the device's fleet (needed only when several fleets enrolled a device D)",
+    )
+    audit_device.add_argument("--json", action="store_true", help="print the trace as JSON")
+    audit_device.set_defaults(func=cmd_audit_device)
+    audit_version = asub.add_parser(
+        "version",
+        help="where model version NAME/VERSION runs, and every decision about it",
+        description="The devices of every fleet in the channel whose active release carries the version "
+        "(by fleet, release and target), then every audit record about it in log order: the checkpoint "
+        "verification and data validation of its run, its gates, registration and aliases, engines, "
+        "signed bundles, approvals asked, given or refused, waves, device activations and rollbacks, "
+        "and fleet rollbacks that removed or restored it.",
+    )
+    audit_version.add_argument(
+        "model_version", metavar="NAME/VERSION", type=_model_version, help="e.g. minilm-sentiment/7"
+    )
+    audit_version.add_argument("--json", action="store_true", help="print the trace as JSON")
+    audit_version.set_defaults(func=cmd_audit_version)
     audit_sign = asub.add_parser(
         "sign-head",
         help="sign the audit log's current head with the release key now",

@@ -19,7 +19,13 @@ from tasks.core.errors import RolloutAborted
 from tasks.core.settings import Settings
 from tasks.engines.build import engine_digest
 from tasks.fleet.channel import ActiveRelease, Attempt, DeviceStatus, Result, open_channel
-from tasks.flow.fleet_release import Published, advance_rollout, begin_rollout, conclude_rollout
+from tasks.flow.fleet_release import (
+    Published,
+    advance_rollout,
+    ask_approval,
+    begin_rollout,
+    conclude_rollout,
+)
 from tasks.flow.release import record_bundle
 from tasks.release.bundle import Release
 from tasks.release.keys import KeyPair, generate_key_pair, load_public_key
@@ -59,8 +65,12 @@ def nightly_records(settings: Settings) -> None:
         "nightly",
     )
     for run, passed in (("run-good", True), ("run-bad", True)):
-        data: dict[str, Any] = facts | {"run_id": run, "passed": passed, "reasons": ["acc drop 0.4 pts"]}
+        data: dict[str, Any] = facts | {"run_id": run, "stage": "gates", "passed": passed}
+        data["reasons"] = ["acc drop 0.4 pts"]
         append_event(settings, "variant.gated", f"variant_run:{run}", data, "nightly")
+    for version, run in ((GOOD, "run-good"), (BAD, "run-bad")):
+        data = {"run_id": run, "artifact_key": "ak" * 32}
+        append_event(settings, "version.registered", f"model_version:{version}", data, "nightly")
 
 
 def signed_release(
@@ -163,24 +173,28 @@ def test_a_release_and_its_rollback_leave_their_records_and_audit_fleet_shows_ev
     settings, keys = fleet_settings
     nightly_records(settings)
     good = published(signed_release(settings, keys, tmp_path, GOOD, "run-good", 4096))
+    ask_approval(settings, good)  # as the DAG's approval task does when it starts waiting
     begin_rollout(settings, good, answer("alice", "canary numbers fine"))
     roll_out(settings, keys, good)
     bad = published(signed_release(settings, keys, tmp_path, BAD, "run-bad", 2048))
+    ask_approval(settings, bad)
     begin_rollout(settings, bad, answer("bob", "ship it"))
     roll_out(settings, keys, bad, bad=frozenset({"c1"}))
     with pytest.raises(RolloutAborted, match="rolled back to release 3"):
         conclude_rollout(settings, bad, None)
     devices_act(settings, keys)  # every device installs release 3, which carries release 1
 
-    kinds = [r.kind for r in read_records(open_log(settings))][4:]
+    kinds = [r.kind for r in read_records(open_log(settings))][6:]
     assert kinds == [
         "bundle.signed",
+        "approval.asked",
         "approval.given",
         "wave.started",  # canary: c1
         *["device.activated", "wave.promoted", "wave.started"],  # early: c2, d1, d2
         *["device.activated"] * 3 + ["wave.promoted", "wave.started"],  # the last wave: d3, d4
         *["device.activated"] * 2 + ["wave.promoted"],
         "bundle.signed",
+        "approval.asked",
         "approval.given",
         "wave.started",
         "device.rolled_back",
@@ -212,6 +226,61 @@ def test_a_release_and_its_rollback_leave_their_records_and_audit_fleet_shows_ev
 
     assert main(["--home", str(settings.home), "audit", "verify"]) == 0
     assert "6 devices run only engines released to their fleet" in capsys.readouterr().out
+
+    # One device: the same chain, and its history (c1 took release 1, rolled release 2 back, and
+    # its fleet was rolled back to release 3).
+    assert main(["--home", str(settings.home), "audit", "device", "c1", "--json"]) == 0
+    device = json.loads(capsys.readouterr().out)
+    assert device["fleet"] == FLEET and device["running"]["release"] == 3
+    assert device["lineage"] == trace["groups"][0]["lineage"]
+    history = [(e["kind"], e["summary"]) for e in device["history"]]
+    assert [kind for kind, _ in history] == ["device.activated", "device.rolled_back", "fleet.rolled_back"]
+    assert history[0][1].startswith(f"release 1 ({GOOD}), engine ")
+    assert history[1][1].startswith(f"release 2 ({BAD}) at ")
+    assert history[2][1].startswith("release 2 aborted; release 3 restores 1: wave canary: abort criterion all")
+    assert main(["--home", str(settings.home), "audit", "device", "c1"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"device {FLEET}/c1: serves release 3 since ")
+    assert "history (3 records):" in text and "approval given by alice" in text
+    assert main(["--home", str(settings.home), "audit", "device", "nope"]) == 2
+    assert capsys.readouterr().err == (
+        f"slimline: error: no device 'nope' is enrolled in any fleet of {settings.channel_uri}; "
+        "`slimline fleet status F` lists them\n"
+    )
+
+    # One version: where it runs, and every decision about it (in log order).
+    assert main(["--home", str(settings.home), "audit", "version", GOOD, "--json"]) == 0
+    good_trace = json.loads(capsys.readouterr().out)
+    assert good_trace["deployed"] == [
+        {"fleet": FLEET, "release": 3, "target": TARGETS[0], "devices": ["c1", "c2", "d1", "d2"]},
+        {"fleet": FLEET, "release": 3, "target": TARGETS[1], "devices": ["d3", "d4"]},
+    ]
+    decisions = [(e["kind"], e["subject"]) for e in good_trace["decisions"]]
+    assert decisions[:5] == [
+        ("checkpoint.verified", f"checkpoint:{CHECKPOINT}"),
+        ("data.validated", f"dataset:{'da' * 32}"),
+        ("variant.gated", "variant_run:run-good"),
+        ("version.registered", f"model_version:{GOOD}"),
+        ("bundle.signed", f"fleet:{FLEET}"),
+    ]
+    assert ("approval.given", f"fleet:{FLEET}") in decisions and (
+        "wave.aborted",
+        f"fleet:{FLEET}",
+    ) not in decisions
+    assert decisions.count(("device.activated", f"device:{FLEET}/c1")) == 1
+    assert decisions[-2:] == [("bundle.signed", f"fleet:{FLEET}"), ("fleet.rolled_back", f"fleet:{FLEET}")]
+
+    assert main(["--home", str(settings.home), "audit", "version", BAD]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"model version {BAD}\n  deployed nowhere\ndecisions (")
+    for line in (
+        "variant.gated variant_run:run-bad (nightly): onnx-int8-dynamic gates passed: yes; acc drop 0.4 pts",
+        f"approval.asked fleet:{FLEET} (fleet_release): release 2 of {BAD} to fleet {FLEET}, within 60.0 min",
+        f"device.rolled_back device:{FLEET}/c1 (fleet_release): release 2 ({BAD}) at ",
+        f"fleet.rolled_back fleet:{FLEET} (fleet_release): release 2 aborted; release 3 restores 1",
+    ):
+        assert line in text, line
+    assert "checkpoint.verified" in text and "wave.aborted" in text and "device.activated" not in text
 
 
 def test_verify_names_a_device_running_an_engine_never_released_to_its_fleet(

@@ -20,6 +20,7 @@ from tasks.audit.heads import Head, sign_head
 from tasks.audit.log import append, append_event, read_records
 from tasks.audit.records import GENESIS, RECORD_KINDS, Record, encode, record_hash, record_key
 from tasks.audit.verify import verify
+from tasks.audit.witness import Seen
 from tasks.cli import main
 from tasks.core.errors import AuditFailed
 from tasks.core.settings import Settings
@@ -279,6 +280,59 @@ def test_deleted_reordered_truncated_and_forged_records_are_named(audit: AuditLo
     )
 
 
+def _rechain(audit: AuditLog, start: int, end: int) -> None:
+    """What a writer without the key can do: rewrite records `start`..`end` with a valid chain
+    from record `start - 1` on (prev links recomputed), and delete every head from `start` on."""
+    prev = record_hash(Record.model_validate_json(_raw(audit, record_key(start - 1))))
+    for seq in range(start, end + 1):
+        record = Record.model_validate_json(_raw(audit, record_key(seq)))
+        record = record.model_copy(update={"prev": prev, "actor": "rewritten"})
+        audit.store.put(record_key(seq), encode(record))
+        prev = record_hash(record)
+    for info in audit.store.list("heads/"):
+        if int(info.key[6:18]) >= start:
+            _delete(audit, info.key)
+
+
+def test_a_remembered_head_catches_a_cut_or_a_rewrite_with_the_heads_above_it_deleted(
+    audit: AuditLog,
+) -> None:
+    _fill(audit)
+    report = verify(audit, KEY.public_key())
+    assert report.witness == "no head seen before"
+    assert report.last_head_seq == 40 and report.last_head_hash is not None
+    seen = Seen(seq=40, hash=report.last_head_hash, signed_at=T0, verified_at=T0 + timedelta(hours=1))
+    assert verify(audit, KEY.public_key(), seen).witness == "signed head 40 seen before still holds"
+
+    # Records 31 to 45 and heads 40 (and above) deleted: what is left is a valid log of 30 records,
+    # signed up to head 30; only the remembered head 40 says it was longer.
+    saved = {seq: _raw(audit, record_key(seq)) for seq in range(31, RECORDS + 1)}
+    saved_head = _raw(audit, head_key(40))
+    for seq in saved:
+        _delete(audit, record_key(seq))
+    _delete(audit, head_key(40))
+    assert verify(audit, KEY.public_key()).records == 30
+    with pytest.raises(AuditFailed) as cut:
+        verify(audit, KEY.public_key(), seen)
+    assert str(cut.value) == (
+        f"audit log {audit.uri}: records 31 to 40 are missing below the signed head 40 this verifier "
+        "checked at 2026-05-01 03:00:00 UTC (truncated, and the heads above the cut deleted)"
+    )
+    for seq, body in saved.items():
+        audit.store.put(record_key(seq), body)
+    audit.store.put(head_key(40), saved_head)
+
+    # Records 32 on rewritten with a valid chain and the heads from 32 on deleted.
+    _rechain(audit, 32, RECORDS)
+    assert verify(audit, KEY.public_key()).last_head_seq == 30
+    with pytest.raises(AuditFailed) as rewritten:
+        verify(audit, KEY.public_key(), seen)
+    assert str(rewritten.value) == (
+        f"audit log {audit.uri}: record 40 was rewritten: its hash no longer matches the signed head 40 "
+        "this verifier checked at 2026-05-01 03:00:00 UTC"
+    )
+
+
 def test_malformed_record_and_unsigned_log(audit: AuditLog) -> None:
     _fill(audit, 12, key=None)
     report = verify(audit, KEY.public_key())
@@ -306,6 +360,15 @@ def test_cli_verify_and_sign_head(settings: Settings, capsys: pytest.CaptureFixt
     assert out.startswith(f"ok {settings.audit_log_uri}: 3 records, 1 signed heads")
     assert main([*home, "audit", "verify", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["last_head_seq"] == 3
+    # The CLI remembers the last head it verified; a log cut below it then fails.
+    witness = json.loads((settings.home / "audit-witness.json").read_text())
+    assert witness[settings.audit_log_uri]["seq"] == 3
+    saved = (settings.home / "audit" / record_key(3)).read_bytes()
+    (settings.home / "audit" / record_key(3)).unlink()
+    (settings.home / "audit" / head_key(3)).unlink()
+    assert main([*home, "audit", "verify"]) == 17
+    assert "record 3 is missing below the signed head 3 this verifier checked at" in capsys.readouterr().err
+    (settings.home / "audit" / record_key(3)).write_bytes(saved)
     (settings.home / "audit" / record_key(2)).unlink()
     assert main([*home, "audit", "verify"]) == 17
     err = capsys.readouterr().err

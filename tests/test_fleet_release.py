@@ -26,7 +26,7 @@ from tasks.fleet.channel import Channel, DeviceStatus, open_channel
 from tasks.fleet.device import DeviceState
 from tasks.fleet.rollout import RolloutRecord, latest_rollout, load_rollout
 from tasks.flow.approval import approval_answer
-from tasks.flow.audit_fleet import audit_fleet, check_devices
+from tasks.flow.audit import audit_fleet, audit_version, check_devices
 from tasks.flow.fleet_release import (
     Published,
     advance_rollout,
@@ -336,7 +336,17 @@ def test_a_release_rolls_out_wave_by_wave_and_a_bad_one_is_rolled_back_fleet_wid
             assert chain.checkpoint_verified and chain.validation == "passed" and chain.gate_passed
             assert chain.approval == "given" and chain.approved_by == APPROVER
         assert verify(open_log(settings), load_public_key(fleet_release.keys.public)).records > 0
-        assert check_devices(settings, list(read_records(open_log(settings)))) == len(DEVICES)
+        records = list(read_records(open_log(settings)))
+        assert check_devices(settings, records) == len(DEVICES)
+        # The approval task recorded its asking before the approver answered.
+        asked = [r for r in records if r.kind == "approval.asked"]
+        given = [r for r in records if r.kind == "approval.given"]
+        assert asked and given and asked[0].seq < given[0].seq
+        version = audit_version(settings, fleet_release.model_version)
+        assert sorted(d for where in version.deployed for d in where.devices) == sorted(DEVICES)
+        assert {"variant.gated", "version.registered", "approval.asked", "device.activated"} <= {
+            e.kind for e in version.decisions
+        }
     finally:
         for agent in agents.values():
             agent.stop()

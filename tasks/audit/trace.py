@@ -1,12 +1,14 @@
 """The lineage of what devices run, joined from the audit log: for each device, its active release
 → engine digest → model version → variant run → checkpoint → dataset and its validation → recipe
-→ code commit → gate verdict → approver. The caller reads the devices' reports and each release's
-signed lineage tags (release.json); everything else comes from the hash-chained records, so a fact
-shown here is one `audit verify` vouches for."""
+→ code commit → gate verdict → approver; a device's history of activations and rollbacks; a model
+version's deployments and every decision about it. The caller reads only what the devices report;
+everything else comes from the hash-chained records (a bundle.signed record carries its release's
+lineage tags), so a fact shown here is one `audit verify` vouches for."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from pydantic import BaseModel, JsonValue
 
@@ -20,6 +22,8 @@ class DeviceRunning(BaseModel):
     release: int | None = None
     target: str | None = None
     engine_digest: str | None = None
+    activated_at: datetime | None = None
+    reported_at: datetime | None = None
 
 
 class Lineage(BaseModel):
@@ -91,6 +95,65 @@ class FleetTrace(BaseModel):
         return "\n".join(lines)
 
 
+class Event(BaseModel):
+    """One record about a device, a version or its inputs, summed up in a line."""
+
+    seq: int
+    at: datetime
+    kind: str
+    subject: str
+    actor: str
+    summary: str
+
+    def line(self) -> str:
+        when = f"{self.at:%Y-%m-%d %H:%M:%S}"
+        return f"#{self.seq} {when} {self.kind} {self.subject} ({self.actor}): {self.summary}"
+
+
+class DeviceTrace(BaseModel):
+    fleet: str
+    device: str
+    running: DeviceRunning
+    lineage: Lineage
+    history: list[Event]  # the device's activations and rollbacks, and its fleet's rollbacks
+
+    def text(self) -> str:
+        now = self.running
+        since = f" since {now.activated_at:%Y-%m-%d %H:%M:%S %Z}" if now.activated_at else ""
+        reported = f"; last report {now.reported_at:%Y-%m-%d %H:%M:%S %Z}" if now.reported_at else ""
+        lines = [f"device {self.fleet}/{self.device}: serves release {now.release}{since}{reported}"]
+        lines += [f"  {line}" for line in self.lineage.lines()]
+        lines.append(f"history ({len(self.history)} records):")
+        lines += [f"  {event.line()}" for event in self.history] or ["  none"]
+        return "\n".join(lines)
+
+
+class Deployment(BaseModel):
+    """Devices of one fleet serving one release (and target) of the version."""
+
+    fleet: str
+    release: int
+    target: str | None
+    devices: list[str]
+
+
+class VersionTrace(BaseModel):
+    model_version: str
+    deployed: list[Deployment]
+    decisions: list[Event]  # about the version, its variant run, its inputs and its releases
+
+    def text(self) -> str:
+        lines = [f"model version {self.model_version}"]
+        lines += [
+            f"  deployed: fleet {d.fleet} release {d.release} target {d.target}: {len(d.devices)} "
+            f"devices ({', '.join(d.devices)})"
+            for d in self.deployed
+        ] or ["  deployed nowhere"]
+        lines.append(f"decisions ({len(self.decisions)} records):")
+        lines += [f"  {event.line()}" for event in self.decisions] or ["  none"]
+        return "\n".join(lines)
+
+
 class _Index:
     """The records a trace joins on, the latest of each key winning."""
 
@@ -104,10 +167,8 @@ class _Index:
         for record in records:
             data = record.data
             if record.kind in ("bundle.signed", "approval.given", "approval.refused", "fleet.rolled_back"):
-                if data.get("fleet") != fleet:
-                    continue
                 release = data.get("release")
-                if not isinstance(release, int):
+                if data.get("fleet") != fleet or not isinstance(release, int):
                     continue
                 if record.kind == "bundle.signed":
                     self.bundles[release] = record
@@ -123,6 +184,12 @@ class _Index:
                 self.checkpoints.add((record.subject.removeprefix("checkpoint:"), str(data.get("digest"))))
             elif record.kind == "data.validated":
                 self.validations[str(data.get("dataset_digest"))] = record
+
+    def tags(self, release: int) -> dict[str, str]:
+        """The lineage tags release `release` was signed with (its bundle.signed record)."""
+        bundle = self.bundles.get(release)
+        tags = bundle.data.get("lineage") if bundle else None
+        return {k: str(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
 
 
 def _text(value: JsonValue | None) -> str | None:
@@ -144,13 +211,14 @@ def _approval(index: _Index, release: int) -> dict[str, object]:
     }
 
 
-def _lineage(index: _Index, running: DeviceRunning, tags: dict[str, str]) -> Lineage:
+def _lineage(index: _Index, running: DeviceRunning) -> Lineage:
     release = running.release
     if release is None:
         return Lineage(release=None, target=None, engine_digest=None, released=False)
     bundle = index.bundles.get(release)
     engines = bundle.data.get("engines") if bundle else None
     signed = engines.get(running.target or "") if isinstance(engines, dict) else None
+    tags = index.tags(release)
     run_id = tags.get("run_id")
     gate = index.gates.get(run_id) if run_id else None
     validation = index.validations.get(tags.get("dataset_digest", ""))
@@ -160,7 +228,7 @@ def _lineage(index: _Index, running: DeviceRunning, tags: dict[str, str]) -> Lin
         "target": running.target,
         "engine_digest": running.engine_digest,
         "released": signed is not None and signed == running.engine_digest,
-        "model_version": _text(bundle.data.get("model_version")) if bundle else tags.get("model_version"),
+        "model_version": _text(bundle.data.get("model_version")) if bundle else None,
         "variant": tags.get("variant"),
         "variant_run": run_id,
         "checkpoint_uri": uri,
@@ -183,22 +251,141 @@ def _lineage(index: _Index, running: DeviceRunning, tags: dict[str, str]) -> Lin
     return Lineage.model_validate(facts | _approval(index, release))
 
 
-def trace_fleet(
-    fleet: str,
-    running: list[DeviceRunning],
-    release_tags: dict[int, dict[str, str]],
-    records: Iterable[Record],
-) -> FleetTrace:
-    """Every device's lineage, devices sharing one lineage grouped (in device order).
-    `release_tags`: each release's lineage tags from its signed release.json."""
+def trace_fleet(fleet: str, running: list[DeviceRunning], records: Iterable[Record]) -> FleetTrace:
+    """Every device's lineage, devices sharing one lineage grouped (in device order)."""
     index = _Index(fleet, records)
     groups: dict[str, DeviceGroup] = {}
     for device in sorted(running, key=lambda r: r.device):
-        tags = release_tags.get(device.release, {}) if device.release is not None else {}
-        lineage = _lineage(index, device, tags)
+        lineage = _lineage(index, device)
         key = lineage.model_dump_json()
         groups.setdefault(key, DeviceGroup(devices=[], lineage=lineage)).devices.append(device.device)
     return FleetTrace(fleet=fleet, devices=len(running), groups=list(groups.values()))
+
+
+# What each kind's one-line summary shows, from its data; digests are cut to 12 characters.
+_SUMMARIES: dict[str, str] = {
+    "checkpoint.verified": "digest {digest}",
+    "checkpoint.refused": "{reason} (exit {exit_code})",
+    "data.validated": "dataset {dataset_digest}: {result}",
+    "variant.gated": "{variant} {stage} passed: {passed}; {reasons}",
+    "version.registered": "from run {run_id}, artifact {artifact_key}",
+    "alias.moved": "alias {alias} → version {version}",
+    "engine.built": "{model_version} for {target}: engine {digest}, {status}",
+    "bundle.signed": "release {release} of {model_version} for fleet {fleet}: engines {engines}",
+    "approval.asked": "release {release} of {model_version} to fleet {fleet}, within {timeout_minutes} min",
+    "approval.given": "release {release} to fleet {fleet} by {by} at {at}: {comment}",
+    "approval.refused": "release {release} to fleet {fleet} by {by} at {at}, timeout: {timed_out}; {comment}",
+    "wave.started": "release {release} wave {wave}",
+    "wave.promoted": "release {release} wave {wave}: {reason}",
+    "wave.aborted": "release {release} wave {wave}: {reason}",
+    "device.activated": "release {release} ({model_version}), engine {engine_digest} for {target} at {at}",
+    "device.rolled_back": "release {release} ({model_version}) at {at}: {reason}; serves {active_release}",
+    "fleet.rolled_back": "release {aborted_release} aborted; release {release} restores {restores}: {reason}",
+}
+
+
+class _Shown(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+def _shown(value: JsonValue) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12]
+    if isinstance(value, list):
+        return "; ".join(_shown(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_shown(v)}" for k, v in value.items())
+    return str(value)
+
+
+def event(record: Record) -> Event:
+    """The record summed up in one line."""
+    data = _Shown({k: _shown(v) for k, v in record.data.items()})
+    return Event(
+        seq=record.seq,
+        at=record.at,
+        kind=record.kind,
+        subject=record.subject,
+        actor=record.actor,
+        summary=_SUMMARIES[record.kind].format_map(data),
+    )
+
+
+def trace_device(fleet: str, running: DeviceRunning, records: list[Record]) -> DeviceTrace:
+    """A device's lineage and its history: its own activations and rollbacks, and the rollbacks of
+    its whole fleet (which move it to the restored release without a rollout of their own)."""
+    subject = f"device:{fleet}/{running.device}"
+    history = [
+        event(r)
+        for r in records
+        if r.subject == subject or (r.kind == "fleet.rolled_back" and r.data.get("fleet") == fleet)
+    ]
+    return DeviceTrace(
+        fleet=fleet,
+        device=running.device,
+        running=running,
+        lineage=_lineage(_Index(fleet, records), running),
+        history=history,
+    )
+
+
+def _about_version(model_version: str, records: list[Record]) -> list[Record]:
+    """Every record about the version: its registration and aliases, its engines, bundles,
+    approvals, waves and devices (by its releases), its variant run's gates and the verification of
+    the checkpoint and the validation of the data that run used."""
+    releases: set[tuple[object, object]] = set()
+    runs: set[object] = set()
+    for r in records:
+        if r.kind == "bundle.signed" and r.data.get("model_version") == model_version:
+            releases.add((r.data.get("fleet"), r.data.get("release")))
+        if r.kind == "version.registered" and r.subject == f"model_version:{model_version}":
+            runs.add(r.data.get("run_id"))
+    gates = [r for r in records if r.kind == "variant.gated" and r.data.get("run_id") in runs]
+    checkpoints = {g.data.get("checkpoint_digest") for g in gates}
+    datasets = {g.data.get("dataset_digest") for g in gates}
+
+    def about(r: Record) -> bool:
+        data = r.data
+        fleet = data.get("fleet")
+        return (
+            r.subject == f"model_version:{model_version}"
+            or data.get("model_version") == model_version
+            or (r.kind.startswith(("wave.", "approval.")) and (fleet, data.get("release")) in releases)
+            or (
+                r.kind == "fleet.rolled_back"
+                and any((fleet, data.get(k)) in releases for k in ("aborted_release", "release", "restores"))
+            )
+            or (r.kind == "variant.gated" and data.get("run_id") in runs)
+            or (r.kind == "checkpoint.verified" and data.get("digest") in checkpoints)
+            or (r.kind == "data.validated" and data.get("dataset_digest") in datasets)
+        )
+
+    return [r for r in records if about(r)]
+
+
+def trace_version(
+    model_version: str, fleets: dict[str, list[DeviceRunning]], records: list[Record]
+) -> VersionTrace:
+    """Where the version is deployed (devices whose active release was signed with it, by fleet,
+    release and target) and every decision about it, in log order."""
+    deployed = []
+    for fleet, running in sorted(fleets.items()):
+        index = _Index(fleet, records)
+        groups: dict[tuple[int, str | None], list[str]] = {}
+        for device in sorted(running, key=lambda r: r.device):
+            bundle = index.bundles.get(device.release) if device.release is not None else None
+            if bundle is not None and bundle.data.get("model_version") == model_version:
+                assert device.release is not None
+                groups.setdefault((device.release, device.target), []).append(device.device)
+        deployed += [
+            Deployment(fleet=fleet, release=release, target=target, devices=devices)
+            for (release, target), devices in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1] or ""))
+        ]
+    decisions = [event(r) for r in _about_version(model_version, records)]
+    return VersionTrace(model_version=model_version, deployed=deployed, decisions=decisions)
 
 
 def unreleased(fleet: str, running: list[DeviceRunning], records: Iterable[Record]) -> list[DeviceRunning]:

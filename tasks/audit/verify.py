@@ -29,6 +29,7 @@ from tasks.audit.records import (
     record_hash,
     seq_of_key,
 )
+from tasks.audit.witness import Seen
 from tasks.core.errors import AuditFailed
 from tasks.core.store import ObjectInfo
 from tasks.release.keys import key_id
@@ -43,9 +44,11 @@ class VerifyReport(BaseModel):
     records: int
     heads: int
     last_head_seq: int | None
+    last_head_hash: str | None
     last_head_at: datetime | None
     unsigned_tail: int  # records after the last signed head: allowed, not yet vouched for by a key
     key_id: str
+    witness: str  # what the remembered head showed: checked, or none remembered
     seconds: float
 
     def summary(self) -> str:
@@ -56,7 +59,8 @@ class VerifyReport(BaseModel):
         )
         return (
             f"ok {self.uri}: {self.records} records, {self.heads} signed heads (key {self.key_id[:16]}); "
-            f"{head}; {self.unsigned_tail} records after it unsigned; verified in {self.seconds:.2f} s"
+            f"{head}; {self.unsigned_tail} records after it unsigned; {self.witness}; "
+            f"verified in {self.seconds:.2f} s"
         )
 
 
@@ -107,9 +111,12 @@ def _entries(audit: AuditLog, infos: list[ObjectInfo], workers: int) -> Iterator
             yield from pool.map(lambda info: _load(audit, info), infos[start : start + READ_CHUNK])
 
 
-def verify(audit: AuditLog, trusted: ec.EllipticCurvePublicKey, workers: int = 4) -> VerifyReport:
-    """Check the whole log against `trusted` (the release key's public half); AuditFailed naming
-    the first record or head that was edited, deleted, reordered, forged or malformed."""
+def verify(
+    audit: AuditLog, trusted: ec.EllipticCurvePublicKey, seen: Seen | None = None, workers: int = 4
+) -> VerifyReport:
+    """Check the whole log against `trusted` (the release key's public half) and, when given, the
+    signed head this verifier saw last (`seen`); AuditFailed naming the first record or head that
+    was edited, deleted, reordered, forged or malformed, or the cut below a head seen before."""
     began = time.perf_counter()
 
     def fail(problem: str) -> AuditFailed:
@@ -175,23 +182,38 @@ def verify(audit: AuditLog, trusted: ec.EllipticCurvePublicKey, workers: int = 4
             if head.hash != entry.hash:
                 raise fail(f"record {seq} was edited: its hash no longer matches signed head {seq}")
             last_head = head
+        if seen is not None and seq == seen.seq and seen.hash != entry.hash:
+            raise fail(
+                f"record {seq} was rewritten: its hash no longer matches the signed head {seq} this "
+                f"verifier checked at {seen.verified_at:%Y-%m-%d %H:%M:%S %Z}"
+            )
         count, prev_hash = seq, entry.hash
         entry = following
 
+    def missing(below: int) -> str:
+        return f"record {below} is" if below == count + 1 else f"records {count + 1} to {below} are"
+
     for seq in sorted(s for s in head_seqs if s > count):
         head_at(seq)  # a forged head is reported as such, not as evidence of truncation
-        missing = f"record {seq} is" if seq == count + 1 else f"records {count + 1} to {seq} are"
         raise fail(
-            f"{missing} missing below signed head {seq} (truncated); "
+            f"{missing(seq)} missing below signed head {seq} (truncated); "
             "every record up to a signed head must exist"
         )
+    if seen is not None and seen.seq > count:
+        raise fail(
+            f"{missing(seen.seq)} missing below the signed head {seen.seq} this verifier checked at "
+            f"{seen.verified_at:%Y-%m-%d %H:%M:%S %Z} (truncated, and the heads above the cut deleted)"
+        )
+    witness = f"signed head {seen.seq} seen before still holds" if seen else "no head seen before"
     return VerifyReport(
         uri=audit.uri,
         records=count,
         heads=len(head_seqs),
         last_head_seq=last_head.seq if last_head else None,
+        last_head_hash=last_head.hash if last_head else None,
         last_head_at=last_head.at if last_head else None,
         unsigned_tail=count - (last_head.seq if last_head else 0),
         key_id=key_id(trusted),
+        witness=witness,
         seconds=round(time.perf_counter() - began, 3),
     )

@@ -123,13 +123,19 @@ class Settings(BaseSettings):
         description="Audit log store URI (file:///... or s3://bucket/prefix): one object per record, "
         "never overwritten; default <home>/audit.",
     )
+    audit_witness: Path = Field(
+        default_factory=lambda data: data["home"] / "audit-witness.json",
+        description="Where `slimline audit verify` remembers the last signed head it verified, per log, "
+        "so that a log cut short with the heads above the cut deleted is still caught; keep it where "
+        "the log's writers cannot edit it. Default <home>/audit-witness.json.",
+    )
     audit_head_every: int = Field(
         default=100,
         ge=1,
         description="Sign the audit log's head with the release key every this many records.",
     )
 
-    @field_validator("home", "signing_key")
+    @field_validator("home", "signing_key", "audit_witness")
     @classmethod
     def _absolute_path(cls, value: Path) -> Path:
         return value.expanduser().resolve()

@@ -81,43 +81,30 @@ def install_release(
     ReleaseIncompatible when it holds no engine this device can run; StoreError when the channel
     fails mid-way (nothing is left but staging leftovers, removed at the next start or install)."""
     try:
-        return _install(channel, number, device, trusted_key, preference, caps, high_water, now)
+        shutil.rmtree(device.staging, ignore_errors=True)
+        bundle = device.bundle_dir(number, device.staging)
+        signature = device.signature_of(bundle)
+        channel.download_release_file(number, SIGNATURE, signature)
+        channel.download_release_file(number, RELEASE_JSON, bundle / RELEASE_JSON)
+        release = verify_release_json(
+            bundle, trusted_key, signature=signature, current_release=high_water, fleet=channel.fleet, now=now
+        )
+        if release.number != number:
+            raise BundleRefused(f"the channel's release {number} holds release {release.number}")
+        target = choose_target(channel, release, bundle, preference, caps)
+        names = engine_names(release, target)
+        for name in names:
+            if not (bundle / name).exists():  # engine.json came with the choice
+                channel.download_release_file(number, name, bundle / name)
+        verify_files(bundle, release, names)
+        final = device.bundle_dir(number).parent
+        shutil.rmtree(final, ignore_errors=True)  # a release never switched to (a crash); above high-water
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(bundle.parent, final)
+        log.info("release %s verified for target %s: %s", number, target, final)
+        return Installed(release=release, target=target, folder=device.bundle_dir(number))
     except ReleaseIncompatible:
         raise
     except BundleRefused as exc:
         why = f"release {number} of fleet {channel.fleet} refused: {exc.reason}"
         raise BundleRefused(why, exc.reason) from None
-
-
-def _install(
-    channel: Channel,
-    number: int,
-    device: DeviceDir,
-    trusted_key: Path,
-    preference: list[str],
-    caps: Capabilities,
-    high_water: int,
-    now: datetime,
-) -> Installed:
-    shutil.rmtree(device.staging, ignore_errors=True)
-    bundle = device.bundle_dir(number, device.staging)
-    signature = device.signature_of(bundle)
-    channel.download_release_file(number, SIGNATURE, signature)
-    channel.download_release_file(number, RELEASE_JSON, bundle / RELEASE_JSON)
-    release = verify_release_json(
-        bundle, trusted_key, signature=signature, current_release=high_water, fleet=channel.fleet, now=now
-    )
-    if release.number != number:
-        raise BundleRefused(f"the channel's release {number} holds release {release.number}")
-    target = choose_target(channel, release, bundle, preference, caps)
-    names = engine_names(release, target)
-    for name in names:
-        if not (bundle / name).exists():  # engine.json came with the choice
-            channel.download_release_file(number, name, bundle / name)
-    verify_files(bundle, release, names)
-    final = device.bundle_dir(number).parent
-    shutil.rmtree(final, ignore_errors=True)  # a release never switched to (a crash); above high-water
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(bundle.parent, final)
-    log.info("release %s verified for target %s: %s", number, target, final)
-    return Installed(release=release, target=target, folder=device.bundle_dir(number))

@@ -239,6 +239,8 @@ def _step_wave(
         wave.decision = "in_progress"
     assert wave.deadline is not None
     assigned = set(wave.assigned)
+    # Finished devices are read again too: one that succeeded can still roll back while serving,
+    # and that failure counts against its wave.
     statuses = channel.statuses(wave.assigned) if wave.assigned else {}
     outcomes = {
         d: outcome_of(statuses.get(d), record.release) if d in assigned else "pending" for d in wave.devices

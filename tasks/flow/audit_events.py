@@ -138,16 +138,37 @@ def engine_built(settings: Settings, model_version: str, target: str, digest: st
 
 
 def bundle_signed(
-    settings: Settings, fleet: str, release: int, model_version: str, engines: dict[str, str]
+    settings: Settings,
+    fleet: str,
+    release: int,
+    model_version: str,
+    engines: dict[str, str],
+    lineage: dict[str, str],
 ) -> None:
-    """`engines`: target → the digest of its engine in the bundle (what a device reports active)."""
+    """`engines`: target → the digest of its engine in the bundle (what a device reports active);
+    `lineage`: the tags the release was signed with (run, checkpoint, data, recipe, commit), kept
+    here so that an audit trace never depends on a release.json read back from the channel."""
     data: dict[str, JsonValue] = {
         "fleet": fleet,
         "release": release,
         "model_version": model_version,
         "engines": dict(engines),
+        "lineage": dict(lineage),
     }
     record_event(settings, "bundle.signed", fleet_subject(fleet), data, FLEET_RELEASE)
+
+
+def approval_asked(
+    settings: Settings, fleet: str, release: int, model_version: str, timeout_minutes: float, summary: str
+) -> None:
+    data: dict[str, JsonValue] = {
+        "fleet": fleet,
+        "release": release,
+        "model_version": model_version,
+        "timeout_minutes": timeout_minutes,
+        "summary": summary,
+    }
+    record_event(settings, "approval.asked", fleet_subject(fleet), data, FLEET_RELEASE)
 
 
 def approval_decided(settings: Settings, record: RolloutRecord) -> None:

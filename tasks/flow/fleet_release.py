@@ -137,6 +137,19 @@ def publish_release(settings: Settings, plan: FleetPlan) -> Published:
     )
 
 
+def ask_approval(settings: Settings, published: Published) -> None:
+    """Record that the release now waits for a person's answer (the approval task calls it as it
+    starts waiting; a retry of that task records the asking again)."""
+    audit_events.approval_asked(
+        settings,
+        published.fleet,
+        published.release,
+        published.model_version,
+        published.approval_timeout_minutes,
+        published.summary,
+    )
+
+
 def _approval(published: Published, answer: Mapping[str, Any] | None) -> ApprovalRecord | None:
     if not published.approval_required:
         return None

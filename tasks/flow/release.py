@@ -66,4 +66,6 @@ def record_bundle(settings: Settings, bundle: Path) -> None:
     and the digest of every target's engine as a device computes it (what it reports active)."""
     release = Release.model_validate_json((bundle / RELEASE_JSON).read_text(encoding="utf-8"))
     digests = {target: engine_digest(bundle / folder) for target, folder in release.targets.items()}
-    audit_events.bundle_signed(settings, release.fleet, release.number, release.model_version, digests)
+    audit_events.bundle_signed(
+        settings, release.fleet, release.number, release.model_version, digests, release.lineage
+    )
