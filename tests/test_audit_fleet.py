@@ -237,7 +237,7 @@ def test_a_release_and_its_rollback_leave_their_records_and_audit_fleet_shows_ev
     assert [kind for kind, _ in history] == ["device.activated", "device.rolled_back", "fleet.rolled_back"]
     assert history[0][1].startswith(f"release 1 ({GOOD}), engine ")
     assert history[1][1].startswith(f"release 2 ({BAD}) at ")
-    assert history[2][1].startswith("release 2 aborted; release 3 restores 1: wave canary: abort criterion all")
+    assert history[2][1].startswith("release 2 aborted; release 3 restores 1: wave canary: abort criterion")
     assert main(["--home", str(settings.home), "audit", "device", "c1"]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"device {FLEET}/c1: serves release 3 since ")

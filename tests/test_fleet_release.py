@@ -342,10 +342,10 @@ def test_a_release_rolls_out_wave_by_wave_and_a_bad_one_is_rolled_back_fleet_wid
         asked = [r for r in records if r.kind == "approval.asked"]
         given = [r for r in records if r.kind == "approval.given"]
         assert asked and given and asked[0].seq < given[0].seq
-        version = audit_version(settings, fleet_release.model_version)
-        assert sorted(d for where in version.deployed for d in where.devices) == sorted(DEVICES)
+        traced = audit_version(settings, fleet_release.model_version)
+        assert sorted(d for where in traced.deployed for d in where.devices) == sorted(DEVICES)
         assert {"variant.gated", "version.registered", "approval.asked", "device.activated"} <= {
-            e.kind for e in version.decisions
+            e.kind for e in traced.decisions
         }
     finally:
         for agent in agents.values():

@@ -10,7 +10,7 @@ for: a broken link there is a forged or badly appended record.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -112,11 +112,17 @@ def _entries(audit: AuditLog, infos: list[ObjectInfo], workers: int) -> Iterator
 
 
 def verify(
-    audit: AuditLog, trusted: ec.EllipticCurvePublicKey, seen: Seen | None = None, workers: int = 4
+    audit: AuditLog,
+    trusted: ec.EllipticCurvePublicKey,
+    seen: Seen | None = None,
+    visit: Callable[[Record], None] | None = None,
+    workers: int = 4,
 ) -> VerifyReport:
     """Check the whole log against `trusted` (the release key's public half) and, when given, the
     signed head this verifier saw last (`seen`); AuditFailed naming the first record or head that
-    was edited, deleted, reordered, forged or malformed, or the cut below a head seen before."""
+    was edited, deleted, reordered, forged or malformed, or the cut below a head seen before.
+    `visit` sees each record once it is linked (a caller's own check, without reading the log
+    again); a record it saw may still be named later by a broken link after it."""
     began = time.perf_counter()
 
     def fail(problem: str) -> AuditFailed:
@@ -188,6 +194,8 @@ def verify(
                 f"verifier checked at {seen.verified_at:%Y-%m-%d %H:%M:%S %Z}"
             )
         count, prev_hash = seq, entry.hash
+        if visit is not None:
+            visit(record)
         entry = following
 
     def missing(below: int) -> str:

@@ -118,8 +118,14 @@ def verify_audit(
     returns the report and how many devices were checked, and remembers the last signed head."""
     witness = witness or settings.audit_witness
     audit = open_log(settings)
-    report = verify(audit, trusted, last_seen(witness, audit.uri))
-    devices = check_devices(settings, list(read_records(audit)))
+    bundles: list[Record] = []
+
+    def keep(record: Record) -> None:
+        if record.kind == "bundle.signed":
+            bundles.append(record)
+
+    report = verify(audit, trusted, last_seen(witness, audit.uri), keep)
+    devices = check_devices(settings, bundles)
     if report.last_head_seq is not None and report.last_head_hash and report.last_head_at is not None:
         seq, digest, signed_at = report.last_head_seq, report.last_head_hash, report.last_head_at
         remember(witness, audit.uri, seq, digest, signed_at, datetime.now(UTC))
