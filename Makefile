@@ -5,9 +5,22 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: env demo test test-fast lint bench bench-engines bench-agent bench-fleet bench-audit chart clean
+.PHONY: env system demo test test-fast lint images bench bench-engines bench-agent bench-fleet bench-audit chart clean
 
 env: $(STAMP)
+
+# Debian packages: podman with runc (crun fails on hybrid-cgroup hosts) and what builds the local
+# base image. Checked every time; installed only when one is missing.
+DEBS := podman runc debootstrap uidmap slirp4netns fuse-overlayfs netavark aardvark-dns catatonit conmon \
+	containernetworking-plugins iptables
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system:
+	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			--no-install-recommends $$missing >/dev/null; \
+	fi
 
 # torch==2.13.0 first, spelled exactly so: the CPU wheel on these machines. Any other
 # spelling (or a package that wants a newer torch) pulls several GB of CUDA packages.
@@ -21,8 +34,9 @@ $(STAMP): pyproject.toml
 demo: env
 	$(BIN)/slimline demo
 
-# Everything: lint, type checks, unit and integration tests, and the slow real-model demo.
-test: env lint
+# Everything: lint, type checks, unit and integration tests (the container images included: built
+# with podman, cached after the first time), and the slow real-model demo.
+test: env system lint
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -m 'slow or not slow' --durations=15
 
 # Unit and integration tests without the real-model demo.
@@ -30,10 +44,15 @@ test-fast: env
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
 
 lint: env
-	$(BIN)/ruff check tasks dags tests bench
-	$(BIN)/ruff format --check tasks dags tests bench
+	$(BIN)/ruff check tasks dags tests bench infra
+	$(BIN)/ruff format --check tasks dags tests bench infra
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# The task and agent images (infra/), from a local Debian base built with debootstrap; with a
+# registry, BASE=docker.io/library/python:3.11-slim-bookworm starts from an official image instead.
+images: system
+	infra/images.sh all
 
 # Every recipe variant on the demo teacher, latency measured side by side in one process:
 # bench/results/compression.json and compression.png (not a timed test).

@@ -73,13 +73,12 @@ def nightly_compression() -> None:
     @task(map_index_template="{{ task.op_kwargs['job']['variant'] }}")
     def run_variant(job: dict[str, Any]) -> dict[str, Any]:
         from tasks.flow import lineage
-        from tasks.flow.pipeline import Prepared, run_variant
+        from tasks.flow.pipeline import VariantJob, run_variant_job
 
-        prepared = Prepared.model_validate(job["prepared"])
         with fail_fast_on_permanent_errors():
-            outcome = run_variant(SETTINGS, prepared, job["variant"])
-        lineage.variant_compressed(prepared, outcome)
-        return {"prepared": job["prepared"], "outcome": outcome.model_dump(mode="json")}
+            done = run_variant_job(SETTINGS, VariantJob.model_validate(job))
+        lineage.variant_compressed(done.prepared, done.outcome)
+        return done.model_dump(mode="json")
 
     # Publishing registers versions and may move `candidate`: fleet_release runs on this asset.
     @task(

@@ -48,6 +48,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_step_variant(args: argparse.Namespace) -> int:
+    import sys
+
+    from pydantic import ValidationError
+
+    from tasks.core.config import format_errors
+    from tasks.core.errors import ConfigError
+    from tasks.flow.pipeline import VariantJob, run_variant_job
+
+    text = sys.stdin.read() if str(args.job) == "-" else args.job.read_text(encoding="utf-8")
+    try:
+        job = VariantJob.model_validate_json(text)
+    except ValidationError as exc:
+        raise ConfigError(f"variant job {args.job}: {format_errors(exc)}") from None
+    done = run_variant_job(_settings(args), job)
+    print(done.model_dump_json())  # one line, the last of stdout: what the container task returns
+    return 0
+
+
 def cmd_nightly(args: argparse.Namespace) -> int:
     from tasks.flow.orchestration import dags_test
 
@@ -357,7 +376,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         jitter=args.jitter,
         cpuinfo=args.cpuinfo,
     )
-    return run_agent(config, port=args.port, once=args.once)
+    return run_agent(config, host=args.host, port=args.port, once=args.once)
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -473,6 +492,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint", required=True, help="checkpoint URI (file://... or s3://...)")
     run.add_argument("--recipe", type=Path, required=True, help="recipe YAML")
     run.set_defaults(func=cmd_run)
+
+    step = sub.add_parser(
+        "step",
+        help="one step of the nightly DAG, as its container or pod runs it",
+        description="The work of one DAG task, the same as in-process: read its job as JSON, print its "
+        "result as one JSON line (the last line of stdout; logs go to stderr). Artifacts and results "
+        "travel through the object store and the artifact keys, so a step run anywhere gives the same.",
+    )
+    step_sub = step.add_subparsers(dest="step", required=True, metavar="STEP")
+    step_variant = step_sub.add_parser(
+        "variant",
+        help="compress, evaluate and gate one variant of a prepared checkpoint, log its child run",
+        description='JOB is {"prepared": <the prepare task\'s result>, "variant": NAME}; prints '
+        '{"prepared": ..., "outcome": ...}.',
+    )
+    step_variant.add_argument("job", type=Path, metavar="JOB", help="the job as a JSON file, or - for stdin")
+    step_variant.set_defaults(func=cmd_step_variant)
 
     nightly = sub.add_parser(
         "nightly",
@@ -751,7 +787,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a label for wave selectors; repeatable",
     )
-    agent.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: any free one)")
+    agent.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address the prediction server listens on (default 127.0.0.1; 0.0.0.0 in a container "
+        "whose port is published)",
+    )
+    agent.add_argument("--port", type=int, default=0, help="port to listen on (default 0: any free one)")
     agent.add_argument("--poll-seconds", type=float, default=30.0, help="mean seconds between polls (30)")
     agent.add_argument("--jitter", type=float, default=0.2, help="each wait varies by ± this share (0.2)")
     agent.add_argument(

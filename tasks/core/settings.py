@@ -226,6 +226,7 @@ class Settings(BaseSettings):
             "SLIMLINE_ROLLOUT_POKE_SECONDS": str(self.rollout_poke_seconds),
             "SLIMLINE_AUDIT_LOG": self.audit_log_uri,
             "SLIMLINE_AUDIT_HEAD_EVERY": str(self.audit_head_every),
+            "SLIMLINE_AUDIT_WITNESS": str(self.audit_witness),
             "SLIMLINE_OPENLINEAGE_TRANSPORT": self.openlineage_transport,
             "SLIMLINE_OPENLINEAGE_NAMESPACE": self.openlineage_namespace,
         }

@@ -389,9 +389,9 @@ class Agent:
             stop.wait(self.next_wait())
 
 
-def run_agent(config: AgentConfig, *, port: int = 0, once: bool = False) -> int:
+def run_agent(config: AgentConfig, *, host: str = "127.0.0.1", port: int = 0, once: bool = False) -> int:
     """The agent as a process: lock the root, start, then poll once (`once`) or serve on
-    127.0.0.1:`port` and poll until SIGTERM. `<root>/agent.json` ({pid, port}) says where it listens."""
+    `host`:`port` and poll until SIGTERM. `<root>/agent.json` ({pid, port}) says where it listens."""
     config.root.mkdir(parents=True, exist_ok=True)
     with run_lock(config.root / "agent.lock", f"the agent of device {config.device_id}"):
         agent = Agent(config)
@@ -400,7 +400,7 @@ def run_agent(config: AgentConfig, *, port: int = 0, once: bool = False) -> int:
             poll = agent.poll_once(datetime.now(UTC))
             print(f"{poll.outcome} {poll.release or ''} {poll.reason}".strip())
             return 0
-        server = PredictServer(agent.slot, port)
+        server = PredictServer(agent.slot, port, host)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         server.start()

@@ -1,4 +1,5 @@
-"""Predictions from the active engine over HTTP on 127.0.0.1 (ThreadingHTTPServer in a thread):
+"""Predictions from the active engine over HTTP (ThreadingHTTPServer in a thread; 127.0.0.1 unless
+told otherwise, e.g. 0.0.0.0 inside a container whose port is published):
 
     POST /predict  {"texts": [...]}  →  {"labels": [...], "logits": [[...]], "release": N}
     GET  /healthz  200 while an engine is active, 503 otherwise
@@ -208,16 +209,16 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, slot: Slot) -> None:
+    def __init__(self, host: str, port: int, slot: Slot) -> None:
         self.slot = slot
-        super().__init__(("127.0.0.1", port), _Handler)
+        super().__init__((host, port), _Handler)
 
 
 class PredictServer:
     """The HTTP server of one agent, serving from its Slot in a background thread."""
 
-    def __init__(self, slot: Slot, port: int = 0) -> None:
-        self._server = _Server(port, slot)
+    def __init__(self, slot: Slot, port: int = 0, host: str = "127.0.0.1") -> None:
+        self._server = _Server(host, port, slot)
         self._thread = threading.Thread(target=self._server.serve_forever, name="predict-server", daemon=True)
 
     @property

@@ -79,6 +79,13 @@ class Prepared(BaseModel):
     steps_reused: int
 
 
+class VariantJob(BaseModel):
+    """One mapped task of the nightly run: a prepared checkpoint and the variant to run on it."""
+
+    prepared: Prepared
+    variant: str
+
+
 class VariantOutcome(BaseModel):
     variant: str
     steps: list[str]
@@ -475,6 +482,18 @@ def run_variant(settings: Settings, prepared: Prepared, variant: str) -> Variant
         step_seconds=[round(r.manifest.seconds, 1) for r in step_results],
         seconds=round(time.perf_counter() - started, 2),
     )
+
+
+class VariantDone(BaseModel):
+    """What a variant's task returns: its job's prepared checkpoint and the outcome."""
+
+    prepared: Prepared
+    outcome: VariantOutcome
+
+
+def run_variant_job(settings: Settings, job: VariantJob) -> VariantDone:
+    """A variant task's work, the same in-process, in a container or in a pod (`slimline step variant`)."""
+    return VariantDone(prepared=job.prepared, outcome=run_variant(settings, job.prepared, job.variant))
 
 
 def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcome]) -> Summary:
