@@ -15,8 +15,15 @@ fi
 work=$(mktemp -d /var/tmp/slimline-rootfs.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 echo "debootstrap $suite from $mirror into $work"
-debootstrap --variant=minbase "$suite" "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 \
-    || { tail -20 "$work/debootstrap.log"; exit 1; }
+# Twice: a mirror that drops one connection should not fail the build.
+for attempt in 1 2; do
+    rm -rf "$work/rootfs"
+    if debootstrap --variant=minbase "$suite" "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1; then
+        break
+    fi
+    tail -20 "$work/debootstrap.log"
+    [ "$attempt" = 2 ] && exit 1
+done
 mkdir -p "$work/rootfs/usr/local/share/ca-certificates"
 if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
     cp /usr/local/share/ca-certificates/*.crt "$work/rootfs/usr/local/share/ca-certificates/"
