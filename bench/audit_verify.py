@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 walks.append(report.seconds)
                 assert report.records == size and report.unsigned_tail == 0 and devices == DEVICES
             # Every run after the first also checked the head the first one remembered.
-            assert report.witness == f"signed head {size} seen before still holds"
+            assert args.runs == 1 or report.witness == f"signed head {size} seen before still holds"
             bytes_on_disk = sum(p.stat().st_size for p in root.rglob("*.json"))
         median = statistics.median(seconds)
         logs.append(
