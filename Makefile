@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: env system tools fetch-tools demo test test-fast lint chart images bench bench-engines bench-agent bench-fleet bench-audit \
-	bench-charts clean
+	bench-charts clean podman-api podman-api-stop
 
 env: $(STAMP)
 
@@ -100,6 +100,25 @@ chart: env tools
 # registry, BASE=docker.io/library/python:3.11-slim-bookworm starts from an official image instead.
 images: system
 	infra/images.sh all
+
+# podman's Docker-compatible API, which `SLIMLINE_EXECUTION=container` starts the steps through
+# (SLIMLINE_DOCKER_URL, default unix:///run/podman/podman.sock); runs in the background until
+# `make podman-api-stop`.
+PODMAN_SOCKET ?= /run/podman/podman.sock
+podman-api: system
+	@if CONTAINERS_CONF=$(CURDIR)/infra/containers.conf podman --url unix://$(PODMAN_SOCKET) version >/dev/null 2>&1; then \
+		echo "podman API already at unix://$(PODMAN_SOCKET)"; \
+	else \
+		mkdir -p $$(dirname $(PODMAN_SOCKET)); \
+		CONTAINERS_CONF=$(CURDIR)/infra/containers.conf nohup podman system service --time=0 \
+			unix://$(PODMAN_SOCKET) >/dev/null 2>&1 & echo $$! > $(PODMAN_SOCKET).pid; \
+		for i in $$(seq 50); do [ -S $(PODMAN_SOCKET) ] && break; sleep 0.2; done; \
+		echo "podman API at unix://$(PODMAN_SOCKET) (pid $$(cat $(PODMAN_SOCKET).pid))"; \
+	fi
+
+podman-api-stop:
+	@if [ -f $(PODMAN_SOCKET).pid ]; then kill $$(cat $(PODMAN_SOCKET).pid) 2>/dev/null || true; \
+		rm -f $(PODMAN_SOCKET).pid; echo "podman API stopped"; else echo "no podman API started by make"; fi
 
 # Every recipe variant on the demo teacher, latency measured side by side in one process:
 # bench/results/compression.json and compression.png (not a timed test).

@@ -15,9 +15,25 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.core.errors import IncompleteRun
 from tasks.core.settings import Settings
-from tasks.flow.dag_support import CANDIDATE_ASSET_URI, NETWORK_RETRIES, fail_fast_on_permanent_errors
+from tasks.flow.dag_support import (
+    CANDIDATE_ASSET_URI,
+    NETWORK_RETRIES,
+    fail_fast_on_permanent_errors,
+    step_kwargs,
+    step_task,
+)
 
 SETTINGS = Settings()
+
+
+# With `execution` container or kubernetes, the variant and engine tasks start the task image; each
+# mapped task's container or pod is made from its job by these (called when the task runs).
+def variant_launch(job: dict[str, Any]) -> dict[str, Any]:
+    return step_kwargs(SETTINGS, "variant", job)
+
+
+def engine_launch(job: dict[str, Any]) -> dict[str, Any]:
+    return step_kwargs(SETTINGS, "engine", job)
 
 
 @dag(
@@ -72,13 +88,12 @@ def nightly_compression() -> None:
 
     @task(map_index_template="{{ task.op_kwargs['job']['variant'] }}")
     def run_variant(job: dict[str, Any]) -> dict[str, Any]:
-        from tasks.flow import lineage
+        from tasks.flow.execution import step_done
         from tasks.flow.pipeline import VariantJob, run_variant_job
 
         with fail_fast_on_permanent_errors():
             done = run_variant_job(SETTINGS, VariantJob.model_validate(job))
-        lineage.variant_compressed(done.prepared, done.outcome)
-        return done.model_dump(mode="json")
+        return step_done(SETTINGS, "variant", done)
 
     # Publishing registers versions and may move `candidate`: fleet_release runs on this asset.
     @task(
@@ -123,14 +138,9 @@ def nightly_compression() -> None:
         from tasks.report.summary import Summary
 
         return [
-            {
-                "model_version": label,
-                "target": target,
-                "parent_run_id": summary["parent_run_id"],
-                "recipe_digest": summary["recipe_digest"],
-            }
+            job.model_dump(mode="json")
             for summary in published
-            for label, target in engine_jobs(
+            for job in engine_jobs(
                 Summary.model_validate(summary),
                 logged_recipe(SETTINGS, summary["parent_run_id"], summary["recipe_digest"]),
             )
@@ -144,17 +154,12 @@ def nightly_compression() -> None:
         "{{ task.op_kwargs['job']['target'] }}"
     )
     def build_engine(job: dict[str, str]) -> dict[str, Any]:
-        from tasks.flow import lineage
-        from tasks.flow.engines import build_engines
-        from tasks.flow.pipeline import logged_recipe
+        from tasks.flow.engines import EngineJob, run_engine_job
+        from tasks.flow.execution import step_done
 
         with fail_fast_on_permanent_errors():
-            recipe = logged_recipe(SETTINGS, job["parent_run_id"], job["recipe_digest"])
-            (outcome,) = build_engines(
-                SETTINGS, job["model_version"], [job["target"]], recipe=recipe, strict=False
-            )
-        lineage.engine_built(SETTINGS, outcome)
-        return {"parent_run_id": job["parent_run_id"], "outcome": outcome.model_dump(mode="json")}
+            done = run_engine_job(SETTINGS, EngineJob.model_validate(job))
+        return step_done(SETTINGS, "engine", done)
 
     @task(**NETWORK_RETRIES)
     def record_engines(built: list[dict[str, Any]], published: list[dict[str, Any]]) -> None:
@@ -170,8 +175,24 @@ def nightly_compression() -> None:
 
     checkpoints = discover()
     prepared = prepare.expand(checkpoint_uri=checkpoints)
-    published = publish(run_variant.expand(job=plan(prepared)), checkpoints)
-    record_engines(build_engine.expand(job=plan_engines(published)), published)
+    variant_jobs = plan(prepared)
+    if SETTINGS.execution == "inprocess":
+        variants = run_variant.expand(job=variant_jobs)
+    else:
+        variants = (
+            step_task(SETTINGS, "run_variant", "variant")
+            .expand_kwargs(variant_jobs.map(variant_launch))
+            .output
+        )
+    published = publish(variants, checkpoints)
+    engine_jobs = plan_engines(published)
+    if SETTINGS.execution == "inprocess":
+        engines = build_engine.expand(job=engine_jobs)
+    else:
+        engines = (
+            step_task(SETTINGS, "build_engine", "engine").expand_kwargs(engine_jobs.map(engine_launch)).output
+        )
+    record_engines(engines, published)
 
 
 nightly_compression()

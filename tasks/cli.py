@@ -9,13 +9,17 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
+
+from pydantic import BaseModel
 
 from tasks.core.errors import SlimlineError
 from tasks.core.settings import Settings
 
 if TYPE_CHECKING:
     from tasks.recipe import Recipe
+
+JobModel = TypeVar("JobModel", bound=BaseModel)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -48,23 +52,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_step_variant(args: argparse.Namespace) -> int:
+def _read_job(model: type[JobModel], job: str) -> JobModel:
+    """A step's job: inline JSON (how the DAG's containers and pods get it), a file, or - for stdin."""
     import sys
 
     from pydantic import ValidationError
 
     from tasks.core.config import format_errors
     from tasks.core.errors import ConfigError
+
+    if job.lstrip().startswith("{"):
+        text, where = job, "inline"
+    elif job == "-":
+        text, where = sys.stdin.read(), "stdin"
+    else:
+        try:
+            text, where = Path(job).read_text(encoding="utf-8"), job
+        except OSError as exc:
+            raise ConfigError(f"job file {job}: {exc.strerror}") from None
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        raise ConfigError(f"{model.__name__} ({where}): {format_errors(exc)}") from None
+
+
+def _step_result(args: argparse.Namespace, result: BaseModel) -> int:
+    """The result as one JSON line, the last of stdout (what a container task returns), and in
+    --output (where a pod's result is collected) written whole or not at all."""
+    text = result.model_dump_json()
+    if args.output:
+        from tasks.core.files import write_atomic
+
+        write_atomic(args.output, text)
+    print(text)
+    return 0
+
+
+def cmd_step_variant(args: argparse.Namespace) -> int:
     from tasks.flow.pipeline import VariantJob, run_variant_job
 
-    text = sys.stdin.read() if str(args.job) == "-" else args.job.read_text(encoding="utf-8")
-    try:
-        job = VariantJob.model_validate_json(text)
-    except ValidationError as exc:
-        raise ConfigError(f"variant job {args.job}: {format_errors(exc)}") from None
-    done = run_variant_job(_settings(args), job)
-    print(done.model_dump_json())  # one line, the last of stdout: what the container task returns
-    return 0
+    return _step_result(args, run_variant_job(_settings(args), _read_job(VariantJob, args.job)))
+
+
+def cmd_step_engine(args: argparse.Namespace) -> int:
+    from tasks.flow.engines import EngineJob, run_engine_job
+
+    return _step_result(args, run_engine_job(_settings(args), _read_job(EngineJob, args.job)))
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
@@ -501,14 +534,27 @@ def build_parser() -> argparse.ArgumentParser:
         "travel through the object store and the artifact keys, so a step run anywhere gives the same.",
     )
     step_sub = step.add_subparsers(dest="step", required=True, metavar="STEP")
+    job_help = "the job: its JSON inline, a JSON file, or - for stdin"
+    output_help = "also write the result to this file (whole or not at all)"
     step_variant = step_sub.add_parser(
         "variant",
         help="compress, evaluate and gate one variant of a prepared checkpoint, log its child run",
         description='JOB is {"prepared": <the prepare task\'s result>, "variant": NAME}; prints '
         '{"prepared": ..., "outcome": ...}.',
     )
-    step_variant.add_argument("job", type=Path, metavar="JOB", help="the job as a JSON file, or - for stdin")
+    step_variant.add_argument("job", metavar="JOB", help=job_help)
+    step_variant.add_argument("--output", type=Path, metavar="FILE", help=output_help)
     step_variant.set_defaults(func=cmd_step_variant)
+    step_engine = step_sub.add_parser(
+        "engine",
+        help="build, check and record one registered version's engine for one target",
+        description='JOB is {"model_version": NAME/VERSION, "target": NAME, "parent_run_id": ID, '
+        '"recipe_digest": SHA256}; prints {"parent_run_id": ..., "outcome": ...}: built, skipped (the '
+        "target cannot build this version) or failed (its canary check).",
+    )
+    step_engine.add_argument("job", metavar="JOB", help=job_help)
+    step_engine.add_argument("--output", type=Path, metavar="FILE", help=output_help)
+    step_engine.set_defaults(func=cmd_step_engine)
 
     nightly = sub.add_parser(
         "nightly",

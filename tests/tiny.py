@@ -107,3 +107,11 @@ def lineage_edges(settings: Settings) -> set[tuple[str, tuple[str, str], tuple[s
                     )
                 )
     return edges
+
+
+def registered_by_variant(settings: Settings, name: str = "tiny-sentiment") -> dict[str, dict[str, str]]:
+    """The tags of each registered version of `name`, by the variant it came from."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    return {v.tags["slimline.variant"]: v.tags for v in client.search_model_versions(f"name = '{name}'")}

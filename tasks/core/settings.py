@@ -5,11 +5,29 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasks.core.version import package_version
+
+
+class Resources(BaseModel):
+    """CPU and memory a step's container or pod asks for (Kubernetes quantities), and may use."""
+
+    model_config = {"extra": "forbid"}
+
+    cpu: str = Field(
+        default="2", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request, e.g. 2 or 500m."
+    )
+    memory: str = Field(
+        default="8Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti|K|M|G|T)?$", description="Memory request and limit."
+    )
+
+
+Execution = Literal["inprocess", "container", "kubernetes"]
 
 
 class Settings(BaseSettings):
@@ -135,6 +153,47 @@ class Settings(BaseSettings):
         description="Sign the audit log's head with the release key every this many records.",
     )
 
+    execution: Execution = Field(
+        default="inprocess",
+        description="Where the nightly DAG's heavy steps (each variant, each engine build) run: `inprocess` "
+        "in the Airflow task's own process; `container` in the task image through the Docker API "
+        "(podman's socket, `docker_url`); `kubernetes` as a pod per step (cncf-kubernetes provider, "
+        "connection `kubernetes_conn_id`). The step is the same code and its results travel through the "
+        "artifact keys and the registry, so all three give the same registry.",
+    )
+    task_image: str = Field(
+        default="",
+        description="Image the steps run in outside the Airflow process; default "
+        "localhost/slimline-task:<version> (what `make images` builds).",
+    )
+    docker_url: str = Field(
+        default="unix:///run/podman/podman.sock",
+        description="Docker-compatible API the `container` steps are started through "
+        "(`podman system service`, or Docker's own socket).",
+    )
+    kubernetes_conn_id: str = Field(
+        default="kubernetes_default", description="Airflow connection the `kubernetes` steps use."
+    )
+    kubernetes_namespace: str = Field(default="default", description="Namespace of the step pods.")
+    kubernetes_home_claim: str = Field(
+        default="",
+        description="PersistentVolumeClaim (ReadWriteMany) mounted at the home in every step pod, so "
+        "that steps on any node reuse each other's artifacts; empty: local stores are mounted from "
+        "the node (hostPath, one-node clusters), remote ones need nothing.",
+    )
+    variant_resources: Resources = Field(
+        default_factory=Resources,
+        description='What a variant step asks for, as JSON: {"cpu": "2", "memory": "8Gi"}.',
+    )
+    engine_resources: Resources = Field(
+        default_factory=lambda: Resources(cpu="2", memory="4Gi"),
+        description="What an engine build asks for (GPUs and node pools come from the target file).",
+    )
+
+    @cached_property
+    def step_image(self) -> str:
+        return self.task_image or f"localhost/slimline-task:{package_version()}"
+
     @field_validator("home", "signing_key", "audit_witness")
     @classmethod
     def _absolute_path(cls, value: Path) -> Path:
@@ -229,6 +288,14 @@ class Settings(BaseSettings):
             "SLIMLINE_AUDIT_WITNESS": str(self.audit_witness),
             "SLIMLINE_OPENLINEAGE_TRANSPORT": self.openlineage_transport,
             "SLIMLINE_OPENLINEAGE_NAMESPACE": self.openlineage_namespace,
+            "SLIMLINE_EXECUTION": self.execution,
+            "SLIMLINE_TASK_IMAGE": self.step_image,
+            "SLIMLINE_DOCKER_URL": self.docker_url,
+            "SLIMLINE_KUBERNETES_CONN_ID": self.kubernetes_conn_id,
+            "SLIMLINE_KUBERNETES_NAMESPACE": self.kubernetes_namespace,
+            "SLIMLINE_KUBERNETES_HOME_CLAIM": self.kubernetes_home_claim,
+            "SLIMLINE_VARIANT_RESOURCES": self.variant_resources.model_dump_json(),
+            "SLIMLINE_ENGINE_RESOURCES": self.engine_resources.model_dump_json(),
         }
         if self.s3_endpoint_url:
             env["SLIMLINE_S3_ENDPOINT_URL"] = self.s3_endpoint_url

@@ -112,3 +112,10 @@ def code_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{commit}+dirty" if dirty else commit
+
+
+def package_version() -> str:
+    """slimline's release version (the images are tagged with it)."""
+    import importlib.metadata
+
+    return importlib.metadata.version("slimline")

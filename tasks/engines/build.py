@@ -169,7 +169,8 @@ def build_engine(
             "digest": engine_digest(out),
         } | result.model_dump(exclude={"reason", "timing_note", "device"})
 
-    config = {"target": target.model_dump(mode="json"), "model_version": model_version}
+    # Where it is built (the target's node pool and image) does not change what is built.
+    config = {"target": target.model_dump(mode="json", exclude={"build"}), "model_version": model_version}
     inputs = {"model": model_key, "canary": canary.key, "onnx": source.onnx_digest}
     if source.calibration is not None:
         inputs["calibration"] = file_sha256(source.calibration)

@@ -132,6 +132,24 @@ class CanaryCheck(Strict):
     latency_requests: int = Field(100, ge=5, le=100_000, description="Timed batch-1 requests.")
 
 
+class BuildPool(Strict):
+    """Where the target's engines are built when the nightly DAG runs its steps as pods or containers:
+    the nodes of the pool (a GPU target's engine is built on its own GPU), the GPUs it takes and the
+    image (the GPU worker image for CUDA and TensorRT builds)."""
+
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels of the build pool, e.g. {nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}.",
+    )
+    gpus: int | None = Field(
+        None,
+        ge=0,
+        le=16,
+        description="GPUs the build takes (nvidia.com/gpu); default 1 on GPU targets, 0 on CPU.",
+    )
+    image: str = Field("", description="Image of the build; empty: the task image (settings `task_image`).")
+
+
 class Target(Strict):
     name: str = Field(pattern=SLUG, description="Target name, used by recipes and fleets.")
     description: str = ""
@@ -146,6 +164,7 @@ class Target(Strict):
     profiles: list[InputProfile] = Field(min_length=1, description="Input shapes the engine accepts.")
     threads: Threads = Field(default_factory=Threads)
     check: CanaryCheck = Field(default_factory=CanaryCheck)
+    build: BuildPool = Field(default_factory=BuildPool, description="Where engines for it are built.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Target:
@@ -159,7 +178,17 @@ class Target(Strict):
             raise ValueError(f"a {self.runtime} target must name requires.compute_capability (e.g. 9.0)")
         if not gpu and (self.requires.compute_capability or self.requires.cuda or self.requires.min_driver):
             raise ValueError(f"{self.runtime} runs on the CPU; drop the GPU requirements")
+        if gpu and self.build.gpus == 0:
+            raise ValueError(f"a {self.runtime} target is built on a GPU: build.gpus must be at least 1")
+        if not gpu and self.build.gpus:
+            raise ValueError(f"{self.runtime} builds on the CPU; build.gpus must be 0")
         return self
+
+    @property
+    def build_gpus(self) -> int:
+        if self.build.gpus is not None:
+            return self.build.gpus
+        return 1 if self.runtime in GPU_RUNTIMES else 0
 
     @property
     def max_sequence(self) -> int:

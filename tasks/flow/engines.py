@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import BaseModel
+
 from tasks.core.artifacts import StepResult, load_manifest
 from tasks.core.digests import file_sha256
 from tasks.core.errors import EngineCheckFailed, EngineError
@@ -182,21 +184,50 @@ def build_engines(
     return outcomes
 
 
-def engine_jobs(summary: Summary, recipe: Recipe) -> list[tuple[str, str]]:
-    """(NAME/VERSION, target) for every version a published run registered or found, and every
-    target of its recipe: the nightly run's engine builds."""
+class EngineJob(BaseModel):
+    """One engine build of the nightly run: a registered version, a target of its run's recipe."""
+
+    model_version: str  # NAME/VERSION
+    target: str
+    parent_run_id: str
+    recipe_digest: str
+
+
+class EngineDone(BaseModel):
+    """What an engine task returns: the run it belongs to and the build's outcome."""
+
+    parent_run_id: str
+    outcome: EngineOutcome
+
+
+def engine_jobs(summary: Summary, recipe: Recipe) -> list[EngineJob]:
+    """Every version a published run registered or found, with every target of its recipe: the
+    nightly run's engine builds."""
     labels = [f"{summary.registered_model}/{row.version}" for row in summary.rows if row.version]
-    return [(label, target.name) for label in labels for target in recipe.targets]
+    return [
+        EngineJob(
+            model_version=label,
+            target=target.name,
+            parent_run_id=summary.parent_run_id,
+            recipe_digest=summary.recipe_digest,
+        )
+        for label in labels
+        for target in recipe.targets
+    ]
+
+
+def run_engine_job(settings: Settings, job: EngineJob, recipe: Recipe | None = None) -> EngineDone:
+    """An engine task's work, the same in-process, in a container or in a pod (`slimline step engine`):
+    a target that cannot build the version is recorded as skipped, a failed check as failed."""
+    recipe = recipe or logged_recipe(settings, job.parent_run_id, job.recipe_digest)
+    (outcome,) = build_engines(settings, job.model_version, [job.target], recipe=recipe, strict=False)
+    return EngineDone(parent_run_id=job.parent_run_id, outcome=outcome)
 
 
 def build_published_engines(settings: Settings, summary: Summary) -> list[EngineOutcome]:
     """Every engine of a published run (see `engine_jobs`), built or skipped, recorded on its run."""
     recipe = logged_recipe(settings, summary.parent_run_id, summary.recipe_digest)
-    outcomes = [
-        outcome
-        for label, target in engine_jobs(summary, recipe)
-        for outcome in build_engines(settings, label, [target], recipe=recipe, strict=False)
-    ]
+    outcomes = [run_engine_job(settings, job, recipe).outcome for job in engine_jobs(summary, recipe)]
     record_outcomes(settings, summary.parent_run_id, outcomes)
     return outcomes
 

@@ -94,8 +94,30 @@ def ensure_database(settings: Settings) -> None:
     marker.touch()
 
 
+# The DAGs whose steps run in the task image when `execution` is container or kubernetes.
+STEP_DAGS = frozenset({"nightly_compression"})
+
+
+def check_docker_api(settings: Settings) -> None:
+    """With `execution: container`, fail before the run when nothing answers at `docker_url`
+    (rather than in the first step, after the checkpoint's intake)."""
+    if settings.execution != "container":
+        return
+    import docker
+
+    try:
+        docker.DockerClient(base_url=settings.docker_url, timeout=10).ping()
+    except Exception as exc:  # the client raises DockerException, requests' and OS errors alike
+        raise OrchestrationError(
+            f"execution is container, but no Docker API answers at {settings.docker_url} "
+            f"({type(exc).__name__}); start podman's with `make podman-api` or set SLIMLINE_DOCKER_URL"
+        ) from None
+
+
 def dags_test(settings: Settings, dag_id: str, conf: dict[str, Any], echo: bool = True) -> DagRunResult:
     """Run one real DAG run in-process with `airflow dags test`; show each task as it ends."""
+    if dag_id in STEP_DAGS:
+        check_docker_api(settings)
     ensure_database(settings)
     logs = settings.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)

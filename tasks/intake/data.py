@@ -68,6 +68,13 @@ def build_demo_corpus(dest: Path) -> Path:
     return dest
 
 
+def local_source(source: str) -> Path | None:
+    """The file a recipe's `dataset.source` names on this machine, or None (built in, or on S3)."""
+    if source == BUILTIN_TWEETS or source.startswith("s3://"):
+        return None
+    return Path(source.removeprefix("file://")).expanduser()
+
+
 def materialize(settings: Settings, source: str) -> Path:
     """A local file holding the dataset named by a recipe's `dataset.source`."""
     if source == BUILTIN_TWEETS:
@@ -81,8 +88,8 @@ def materialize(settings: Settings, source: str) -> Path:
             open_store(parent, settings.s3_endpoint_url).download(name, tmp)
             os.replace(tmp, dest)
         return dest
-    path = Path(source.removeprefix("file://")).expanduser()
-    if not path.is_file():
+    path = local_source(source)
+    if path is None or not path.is_file():
         raise DataError(
             f"dataset {source!r} not found; allowed: {BUILTIN_TWEETS}, a CSV/JSONL path, s3:// URI"
         )
