@@ -45,8 +45,12 @@ def cluster_is_up() -> bool:
         return False
     for name in COMPONENTS:
         try:
-            os.kill(int((RUN / "pids" / f"{name}.pid").read_text()), 0)
-        except (OSError, ValueError):
+            pid = int((RUN / "pids" / f"{name}.pid").read_text())
+            # The state after the command name; Z: a zombie that PID 1 has not reaped, not running.
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError, IndexError):
+            return False
+        if state == "Z":
             return False
     return True
 

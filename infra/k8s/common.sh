@@ -9,12 +9,20 @@ sock=$run/containerd/containerd.sock
 components=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet)
 SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 
-# The PID saved for a component, if that process is still alive.
+# Whether a process runs. A zombie does not: once up.sh has exited its components belong to PID 1,
+# and not every init (a container's, a micro-VM's) reaps them, so `kill -0` alone would say yes.
+running() {
+    local state
+    state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+    [ -n "$state" ] && [ "${state#Z}" = "$state" ]
+}
+
+# The PID saved for a component, if that process still runs.
 alive_pid() {
     local f="$run/pids/$1.pid" pid
     [ -f "$f" ] || return 1
     pid=$(cat "$f")
-    kill -0 "$pid" 2>/dev/null && echo "$pid"
+    running "$pid" && echo "$pid"
 }
 
 ctr_() { ctr -a "$sock" -n k8s.io "$@"; }

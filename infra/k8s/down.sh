@@ -7,14 +7,24 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 say() { echo "k8s-down: $*"; }
 
-# stop NAME: TERM, then KILL after 10 s, by the saved PID.
+# stop NAME...: TERM to each at once, then KILL whatever still runs after 10 s, by the saved PIDs.
 stop() {
-    local pid i
-    pid=$(alive_pid "$1") || return 0
-    kill "$pid" 2>/dev/null || true
-    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
-    say "$1 ($pid) ignored TERM: KILL"
-    kill -9 "$pid" 2>/dev/null || true
+    local name pid i pids=()
+    for name in "$@"; do
+        pid=$(alive_pid "$name") || continue
+        stopped+=("$name")
+        kill "$pid" 2>/dev/null || true
+        pids+=("$pid")
+    done
+    for i in $(seq 50); do
+        for pid in "${pids[@]}"; do running "$pid" && break; pid=; done
+        [ -z "${pid:-}" ] && return 0
+        sleep 0.2
+    done
+    for pid in "${pids[@]}"; do
+        running "$pid" && { say "$pid ignored TERM: KILL"; kill -9 "$pid" 2>/dev/null || true; }
+    done
+    return 0
 }
 
 if [ ! -d "$run" ]; then
@@ -22,10 +32,10 @@ if [ ! -d "$run" ]; then
     exit 0
 fi
 stopped=()
-for c in kubelet kube-scheduler kube-controller-manager kube-apiserver etcd; do
-    alive_pid "$c" >/dev/null && stopped+=("$c")
-    stop "$c"
-done
+# The kubelet first, so that it restarts nothing; etcd after the API server, its only client.
+stop kubelet
+stop kube-scheduler kube-controller-manager kube-apiserver
+stop etcd
 
 # The pods' containers: kill their tasks through containerd while it still answers, then the shims
 # (containerd-shim-runc-v2 processes whose -address is this containerd's socket) that outlive it.
@@ -34,7 +44,6 @@ if alive_pid containerd >/dev/null && ctr -a "$sock" version >/dev/null 2>&1; th
     sleep 1
     for t in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks delete -f "$t" >/dev/null 2>&1 || true; done
 fi
-alive_pid containerd >/dev/null && stopped+=(containerd)
 stop containerd
 for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $sock" || true); do
     # Each shim is the parent of its containers' processes: those go first.
@@ -44,7 +53,7 @@ done
 
 # Mounts under the run dir (pods' secrets and emptyDirs, containers' root filesystems, sandboxes' shm,
 # network namespaces), deepest first.
-findmnt -rn -o TARGET | grep -F "$run/" | sort -r | while read -r m; do
+findmnt -rn -o TARGET | { grep -F "$run/" || true; } | sort -r | while read -r m; do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || say "could not unmount $m"
 done
 # The pods' bridge (its veths went with their network namespaces).
