@@ -59,7 +59,7 @@ say "fetching the source package (apt-get source kubernetes)"
 # As root, apt downloads as the _apt user: let it write here (else it warns and goes unsandboxed).
 [ "$(id -u)" != 0 ] || chown _apt "$work" 2>/dev/null || true
 apt-get source --download-only -qq kubernetes >/dev/null
-orig=$(ls kubernetes_*.orig.tar.gz | head -1)
+orig=$(find . -maxdepth 1 -name "kubernetes_*.orig.tar.gz" -printf "%f\n" | head -1)
 say "extracting $orig"
 tar xzf "$orig"
 tree=$(find . -maxdepth 1 -type d -name 'kubernetes-*' | head -1)

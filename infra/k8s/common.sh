@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # (variables used by the scripts that source this file)
 # Shared by infra/k8s/*.sh (sourced): where the build cache and the cluster's state live.
 # One cluster per machine (it listens on fixed ports of 127.0.0.1): 2379-2380 etcd, 6443
 # kube-apiserver, 10250 kubelet, 10257/10259 controller-manager/scheduler.
@@ -7,7 +8,6 @@ run=${SLIMLINE_K8S_RUN:-$root/.tools/k8s}
 kubeconfig=$run/kubeconfig
 sock=$run/containerd/containerd.sock
 components=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet)
-SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 
 # Whether a process runs. A zombie does not: once up.sh has exited its components belong to PID 1,
 # and not every init (a container's, a micro-VM's) reaps them, so `kill -0` alone would say yes.

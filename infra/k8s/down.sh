@@ -4,19 +4,20 @@
 # shims, containerd, the mounts under the run dir and the pods' bridge. Nothing running: exits 0.
 #   infra/k8s/down.sh
 set -euo pipefail
+# shellcheck source=infra/k8s/common.sh
 source "$(dirname "$0")/common.sh"
 say() { echo "k8s-down: $*"; }
 
 # stop NAME...: TERM to each at once, then KILL whatever still runs after 10 s, by the saved PIDs.
 stop() {
-    local name pid i pids=()
+    local name pid pids=()
     for name in "$@"; do
         pid=$(alive_pid "$name") || continue
         stopped+=("$name")
         kill "$pid" 2>/dev/null || true
         pids+=("$pid")
     done
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
         for pid in "${pids[@]}"; do running "$pid" && break; pid=; done
         [ -z "${pid:-}" ] && return 0
         sleep 0.2

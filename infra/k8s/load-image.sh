@@ -5,6 +5,7 @@
 #   infra/k8s/load-image.sh localhost/slimline-task:0.1.0 [IMAGE...]
 # An image whose id containerd already holds under that name is skipped.
 set -euo pipefail
+# shellcheck source=infra/k8s/common.sh
 source "$(dirname "$0")/common.sh"
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$root/infra/containers.conf}
 say() { echo "k8s-load-image: $*"; }

@@ -7,9 +7,11 @@
 # No registry: images come from podman (infra/k8s/load-image.sh), pods use imagePullPolicy Never.
 # No kube-proxy and no cluster DNS: Service IPs do not route; pods reach each other by pod IP.
 set -euo pipefail
+# shellcheck source=infra/k8s/common.sh
 source "$(dirname "$0")/common.sh"
 say() { echo "k8s-up: $*"; }
 timeout_s=${SLIMLINE_K8S_UP_TIMEOUT:-180}
+[ "$(id -u)" = 0 ] || { say "run as root: containerd and the kubelet manage mounts, cgroups and networks"; exit 1; }
 
 for b in kube-apiserver kube-controller-manager kube-scheduler kubelet; do
     [ -x "$cache/bin/$b" ] || { say "$cache/bin/$b is missing: run infra/k8s/build.sh (make k8s-build)"; exit 1; }
