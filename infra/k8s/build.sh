@@ -15,7 +15,7 @@ SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 say() { echo "k8s-build: $*"; }
 
 # Runtime packages (always checked) and build packages (only for a build).
-runtime_debs=(etcd-server containerd containernetworking-plugins openssl curl)
+runtime_debs=(etcd-server containerd containernetworking-plugins openssl curl procps iproute2)
 build_debs=(golang-go golang-github-modern-go-reflect2-dev jq rsync gcc libc6-dev make dpkg-dev)
 need_debs() {
     local p missing=()
