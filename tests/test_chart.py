@@ -203,6 +203,10 @@ def test_kubernetes_version_floor(helm_env: dict[str, str]) -> None:
     new = of_kind(template(helm_env, production, kube="1.30.0"), "PodDisruptionBudget")
     assert [pdb["apiVersion"] for pdb in old] == ["policy/v1beta1"]
     assert [pdb["apiVersion"] for pdb in new] == ["policy/v1"]
+    # The agents' node-local Service: internalTrafficPolicy from 1.22 on (1.20 rejects the field).
+    for kube, policy in (("1.20.0", None), ("1.21.0", None), ("1.22.0", "Local"), ("1.30.0", "Local")):
+        service = one(template(helm_env, production, kube=kube), "Service", f"{RELEASE}-agent")
+        assert service["spec"].get("internalTrafficPolicy") == policy, kube
 
 
 def test_chart_metadata_and_default_images(renders: dict[str, list[Manifest]]) -> None:
