@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: env system tools fetch-tools demo test test-fast lint chart images bench bench-engines bench-agent bench-fleet bench-audit \
-	bench-charts clean podman-api podman-api-stop \
+	bench-charts bench-execution clean podman-api podman-api-stop \
 	k8s-build k8s-up k8s-down test-k8s
 
 env: $(STAMP)
@@ -172,6 +172,11 @@ bench-fleet: env
 bench-audit: env
 	$(BIN)/python bench/audit_verify.py
 
+# The nightly DAG on the tiny model with each execution mode side by side (inprocess, container,
+# kubernetes when `make k8s-up` has started the local cluster): bench/results/execution.json and .png.
+bench-execution: env images
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/execution.py
+
 # Redraw the benchmark charts from the committed JSON.
 bench-charts: env
 	$(BIN)/python bench/compression.py --chart
@@ -179,6 +184,7 @@ bench-charts: env
 	$(BIN)/python bench/agent_footprint.py --chart
 	$(BIN)/python bench/fleet.py --chart
 	$(BIN)/python bench/audit_verify.py --chart
+	$(BIN)/python bench/execution.py --chart
 
 clean:
 	infra/k8s/down.sh

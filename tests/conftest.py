@@ -24,6 +24,7 @@ for _name in [n for n in os.environ if n.startswith("SLIMLINE_")]:
 from tasks.core.settings import Settings  # noqa: E402
 from tests.factories import make_checkpoint  # noqa: E402
 from tests.fleet_fixtures import fleet_release  # noqa: E402, F401  (the session release, for every module)
+from tests.image_builds import images, podman_api  # noqa: E402, F401  (the images, podman's Docker API)
 from tests.k8s_cluster import k8s_cluster  # noqa: E402, F401  (the local Kubernetes cluster's kubeconfig)
 
 

@@ -7,10 +7,8 @@ release from a file:// channel and serves predictions from it. Skipped only wher
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +19,8 @@ from tasks.core.settings import Settings
 from tasks.core.store import open_store
 from tasks.engines.canary import read_canary
 from tasks.fleet.channel import Channel, DeviceStatus
-from tasks.flow.engines import build_published_engines
 from tasks.flow.orchestration import dags_test
-from tasks.flow.pipeline import VariantDone, VariantJob, prepare, run_local, run_variant_job
+from tasks.flow.pipeline import VariantDone, VariantJob, prepare, run_variant_job
 from tests.fleet_fixtures import (
     FLEET,
     SIMULATED_CPUINFO,
@@ -33,42 +30,14 @@ from tests.fleet_fixtures import (
     publish,
     wait_for,
 )
+from tests.image_builds import REPO, VERSION, podman
+from tests.tiny import assert_registers_like_in_process, write_tiny_recipe
 from tests.tiny import publish as publish_checkpoint
-from tests.tiny import registered_by_variant, write_tiny_recipe
 
 pytestmark = pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
 
-REPO = Path(__file__).resolve().parents[1]
-VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-IMAGES = {"task": f"localhost/slimline-task:{VERSION}", "agent": f"localhost/slimline-agent:{VERSION}"}
 USER = "10001:10001"
 VARIANT = "onnx-int8-dynamic"
-
-
-def podman(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"CONTAINERS_CONF": str(REPO / "infra" / "containers.conf")}
-    result = subprocess.run(["podman", *args], env=env, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"podman {' '.join(args[:3])}… exited {result.returncode}: {result.stderr[-3000:]}"
-        )
-    return result
-
-
-@pytest.fixture(scope="session")
-def images() -> dict[str, str]:
-    env = os.environ | {"CONTAINERS_CONF": str(REPO / "infra" / "containers.conf")}
-    built = subprocess.run(
-        [str(REPO / "infra" / "images.sh"), "all"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=2400,
-    )
-    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-3000:]
-    print(built.stdout)  # build times and sizes, in the test log
-    return IMAGES
 
 
 def test_images_run_as_a_non_root_user_and_carry_the_version_and_commit(images: dict[str, str]) -> None:
@@ -217,30 +186,11 @@ def test_the_task_image_runs_a_variant_step_with_the_same_artifact_key_as_in_pro
     assert Path(container.evaluation.path).is_relative_to(container_home)
 
 
-@pytest.fixture(scope="session")
-def podman_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """podman's Docker-compatible API on a socket of its own, for the Docker provider."""
-    socket = tmp_path_factory.mktemp("podman-api") / "podman.sock"
-    env = os.environ | {"CONTAINERS_CONF": str(REPO / "infra" / "containers.conf")}
-    service = subprocess.Popen(
-        ["podman", "system", "service", "--time=0", f"unix://{socket}"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(lambda: socket.exists() or None, 30, "podman's API socket")
-        yield f"unix://{socket}"
-    finally:
-        service.terminate()
-        service.wait(timeout=30)
-
-
 def test_the_nightly_dag_runs_its_steps_in_containers_and_registers_what_in_process_does(
     images: dict[str, str], podman_api: str, settings: Settings, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     recipe = write_tiny_recipe(tmp_path / "recipe")
-    uri = publish_checkpoint(settings, tiny_checkpoint, "nightly/tiny")
+    publish_checkpoint(settings, tiny_checkpoint, "nightly/tiny")
     in_containers = settings.model_copy(update={"execution": "container", "docker_url": podman_api})
     run = dags_test(in_containers, "nightly_compression", {"recipe": str(recipe), "prefix": "nightly"})
     assert run.state == "success"
@@ -248,29 +198,4 @@ def test_the_nightly_dag_runs_its_steps_in_containers_and_registers_what_in_proc
     # the task image through the API.
     started = run.log_path.read_text().count(f"Starting docker container from image {images['task']}")
     assert started == 4
-    in_dag = registered_by_variant(settings)
-
-    # The same checkpoint in this process, in a home of its own (`slimline run`): the same versions.
-    local = Settings(home=tmp_path / "local")
-    summary = run_local(local, recipe, publish_checkpoint(local, tiny_checkpoint, "nightly/tiny"))
-    build_published_engines(local, summary)
-    in_process = registered_by_variant(local)
-    assert sorted(in_dag) == sorted(in_process) == ["onnx-fp32", "onnx-int8-dynamic"]
-    for variant, tags in in_dag.items():
-        for tag in (
-            "slimline.artifact_key",
-            "slimline.gate",
-            "slimline.dataset_digest",
-            "slimline.recipe_digest",
-        ):
-            assert tags[tag] == in_process[variant][tag], (variant, tag)
-        assert tags["slimline.checkpoint_uri"] == uri
-    # The INT8 version's engine built for the target in both (its key names the version number,
-    # which depends on which variant the side-by-side timing made the candidate; the .ort bytes
-    # of two builds differ): same target, runtime and precision.
-    engine, local_engine = (
-        json.loads(tags["onnx-int8-dynamic"]["slimline.engine.cpu-avx2"]) for tags in (in_dag, in_process)
-    )
-    for field in ("target", "runtime", "precision"):
-        assert engine[field] == local_engine[field]
-    assert "slimline.engine.cpu-avx2" not in in_dag["onnx-fp32"]
+    assert_registers_like_in_process(settings, recipe, tiny_checkpoint, tmp_path / "local")

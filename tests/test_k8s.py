@@ -1,6 +1,9 @@
-"""The Helm chart installed for real on the local Kubernetes 1.20 cluster (infra/k8s, `make k8s-up`):
-the task image loaded from podman into the cluster's containerd, `helm install --wait` with the default
-values plus what this cluster needs, MLflow's pod Ready and answering its API, then `helm uninstall`.
+"""slimline on the local Kubernetes 1.20 cluster (infra/k8s, `make k8s-up`), the task image loaded from
+podman into the cluster's containerd:
+- the Helm chart: `helm install --wait` with the default values plus what this cluster needs, MLflow's
+  pod Ready and answering its API, then `helm uninstall`;
+- the nightly DAG with `execution: kubernetes`: each variant and engine task a pod, and the registry
+  what an in-process run registers.
 Marked `k8s`: not part of `make test` (the cold build takes about 7 minutes); `make test-k8s` runs it."""
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from typing import Any
 
 import pytest
 
+from tasks.core.settings import Resources, Settings
+from tasks.flow.orchestration import dags_test
 from tests.k8s_cluster import helm, kubectl, load_images
+from tests.tiny import assert_registers_like_in_process, publish, write_tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -88,3 +94,42 @@ def test_chart_installs_and_mlflow_answers(k8s_cluster: Path) -> None:
         kubectl(k8s_cluster, "delete", "namespace", namespace, "--wait=true", "--timeout=120s")
         timings["helm uninstall + namespace deleted"] = time.monotonic() - began
         print("; ".join(f"{what}: {seconds:.1f} s" for what, seconds in timings.items()))
+
+
+def test_the_nightly_dag_runs_its_steps_as_pods_and_registers_what_in_process_does(
+    k8s_cluster: Path,
+    images: dict[str, str],
+    settings: Settings,
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    began = time.monotonic()
+    load_images(images["task"])
+    loaded = time.monotonic() - began
+    # The provider's connection: this cluster, and the result sidecar from the task image (its
+    # default, alpine, would come from a registry).
+    connection = {
+        "conn_type": "kubernetes",
+        "extra": {
+            "kube_config_path": str(k8s_cluster),
+            "in_cluster": False,
+            "xcom_sidecar_container_image": images["task"],
+        },
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", json.dumps(connection))
+    recipe = write_tiny_recipe(tmp_path / "recipe")
+    publish(settings, tiny_checkpoint, "nightly/tiny")
+    # The node has 2 CPUs: requests small enough for a step and the sidecar to fit.
+    small = Resources(cpu="500m", memory="2Gi")
+    in_pods = settings.model_copy(
+        update={"execution": "kubernetes", "variant_resources": small, "engine_resources": small}
+    )
+    run = dags_test(in_pods, "nightly_compression", {"recipe": str(recipe), "prefix": "nightly"})
+    assert run.state == "success"
+    log = run.log_path.read_text()
+    # Two variant pods and two engine pods ran to the end and were deleted.
+    assert log.count("Deleting pod: slimline-variant-") == 2, log[-3000:]
+    assert log.count("Deleting pod: slimline-engine-") == 2
+    print(f"image loaded in {loaded:.1f} s; DAG run with kubernetes execution: {run.seconds:.1f} s")
+    assert_registers_like_in_process(settings, recipe, tiny_checkpoint, tmp_path / "local")

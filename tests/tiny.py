@@ -115,3 +115,35 @@ def registered_by_variant(settings: Settings, name: str = "tiny-sentiment") -> d
 
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     return {v.tags["slimline.variant"]: v.tags for v in client.search_model_versions(f"name = '{name}'")}
+
+
+def assert_registers_like_in_process(settings: Settings, recipe: Path, checkpoint: Path, home: Path) -> None:
+    """The versions a DAG run registered in `settings` from `checkpoint` (published at nightly/tiny)
+    are those `slimline run` registers in this process, in `home`: the same variants with the same
+    artifact keys, gate verdicts, data and recipe, and the INT8 version's engine for cpu-avx2 (its
+    step key names the version number, which follows the side-by-side timing's choice of candidate,
+    and the .ort bytes of two builds differ: compared by target, runtime and precision)."""
+    from tasks.flow.engines import build_published_engines
+    from tasks.flow.pipeline import run_local
+
+    in_dag = registered_by_variant(settings)
+    local = Settings(home=home)
+    uri = publish(local, checkpoint, "nightly/tiny")
+    build_published_engines(local, run_local(local, recipe, uri))
+    in_process = registered_by_variant(local)
+    assert sorted(in_dag) == sorted(in_process) == ["onnx-fp32", "onnx-int8-dynamic"]
+    for variant, tags in in_dag.items():
+        for tag in (
+            "slimline.artifact_key",
+            "slimline.gate",
+            "slimline.dataset_digest",
+            "slimline.recipe_digest",
+        ):
+            assert tags[tag] == in_process[variant][tag], (variant, tag)
+        assert tags["slimline.checkpoint_uri"].endswith("/nightly/tiny")
+    engine, local_engine = (
+        json.loads(tags["onnx-int8-dynamic"]["slimline.engine.cpu-avx2"]) for tags in (in_dag, in_process)
+    )
+    for field in ("target", "runtime", "precision"):
+        assert engine[field] == local_engine[field]
+    assert "slimline.engine.cpu-avx2" not in in_dag["onnx-fp32"]
