@@ -108,7 +108,7 @@ class RivalFirst:
     claim of a seq that was free when the tail was read, and is taken when it is written."""
 
     def __init__(self, store: ObjectStore, rival: Callable[[], Record]) -> None:
-        self.store, self.rival, self.uri = store, rival, store.uri
+        self.store, self.rival, self.uri, self.remote = store, rival, store.uri, store.remote
         self.rival_record: Record | None = None
 
     def list(self, prefix: str) -> list[ObjectInfo]:

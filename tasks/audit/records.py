@@ -60,6 +60,32 @@ class Record(BaseModel):
     prev: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the previous record; 64 zeros first.")
 
 
+# Record subjects: what a record is about, spelt one way for the writers and the traces.
+
+
+def version_subject(model_version: str) -> str:
+    return f"model_version:{model_version}"
+
+
+def fleet_subject(fleet: str) -> str:
+    return f"fleet:{fleet}"
+
+
+def device_subject(fleet: str, device: str) -> str:
+    return f"device:{fleet}/{device}"
+
+
+CHECKPOINT_PREFIX = "checkpoint:"
+
+
+def checkpoint_subject(uri: str) -> str:
+    return f"{CHECKPOINT_PREFIX}{uri}"
+
+
+def engine_subject(target: str, digest: str) -> str:
+    return f"engine:{target}/{digest}"
+
+
 def encode(record: Record) -> bytes:
     """The record's canonical JSON: the bytes stored and hashed."""
     return canonical(record.model_dump(mode="json"))

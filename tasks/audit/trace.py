@@ -12,7 +12,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, JsonValue
 
-from tasks.audit.records import Record
+from tasks.audit.records import CHECKPOINT_PREFIX, Record, device_subject, version_subject
 
 
 class DeviceRunning(BaseModel):
@@ -181,7 +181,9 @@ class _Index:
             elif record.kind == "variant.gated":
                 self.gates[str(data.get("run_id"))] = record
             elif record.kind == "checkpoint.verified":
-                self.checkpoints.add((record.subject.removeprefix("checkpoint:"), str(data.get("digest"))))
+                self.checkpoints.add(
+                    (record.subject.removeprefix(CHECKPOINT_PREFIX), str(data.get("digest")))
+                )
             elif record.kind == "data.validated":
                 self.validations[str(data.get("dataset_digest"))] = record
 
@@ -317,7 +319,7 @@ def event(record: Record) -> Event:
 def trace_device(fleet: str, running: DeviceRunning, records: list[Record]) -> DeviceTrace:
     """A device's lineage and its history: its own activations and rollbacks, and the rollbacks of
     its whole fleet (which move it to the restored release without a rollout of their own)."""
-    subject = f"device:{fleet}/{running.device}"
+    subject = device_subject(fleet, running.device)
     history = [
         event(r)
         for r in records
@@ -341,7 +343,7 @@ def _about_version(model_version: str, records: list[Record]) -> list[Record]:
     for r in records:
         if r.kind == "bundle.signed" and r.data.get("model_version") == model_version:
             releases.add((r.data.get("fleet"), r.data.get("release")))
-        if r.kind == "version.registered" and r.subject == f"model_version:{model_version}":
+        if r.kind == "version.registered" and r.subject == version_subject(model_version):
             runs.add(r.data.get("run_id"))
     gates = [r for r in records if r.kind == "variant.gated" and r.data.get("run_id") in runs]
     checkpoints = {g.data.get("checkpoint_digest") for g in gates}
@@ -351,7 +353,7 @@ def _about_version(model_version: str, records: list[Record]) -> list[Record]:
         data = r.data
         fleet = data.get("fleet")
         return (
-            r.subject == f"model_version:{model_version}"
+            r.subject == version_subject(model_version)
             or data.get("model_version") == model_version
             or (r.kind.startswith(("wave.", "approval.")) and (fleet, data.get("release")) in releases)
             or (
@@ -371,14 +373,17 @@ def trace_version(
 ) -> VersionTrace:
     """Where the version is deployed (devices whose active release was signed with it, by fleet,
     release and target) and every decision about it, in log order."""
+    # Which version each fleet's release was signed with, from one pass over the log.
+    signed = {
+        (r.data.get("fleet"), r.data.get("release")): r.data.get("model_version")
+        for r in records
+        if r.kind == "bundle.signed"
+    }
     deployed = []
     for fleet, running in sorted(fleets.items()):
-        index = _Index(fleet, records)
         groups: dict[tuple[int, str | None], list[str]] = {}
         for device in sorted(running, key=lambda r: r.device):
-            bundle = index.bundles.get(device.release) if device.release is not None else None
-            if bundle is not None and bundle.data.get("model_version") == model_version:
-                assert device.release is not None
+            if device.release is not None and signed.get((fleet, device.release)) == model_version:
                 groups.setdefault((device.release, device.target), []).append(device.device)
         deployed += [
             Deployment(fleet=fleet, release=release, target=target, devices=devices)

@@ -31,7 +31,7 @@ from tasks.audit.records import (
 )
 from tasks.audit.witness import Seen
 from tasks.core.errors import AuditFailed
-from tasks.core.store import FileStore, ObjectInfo
+from tasks.core.store import ObjectInfo
 from tasks.release.keys import key_id
 
 READ_CHUNK = 512  # S3 records read ahead at once: bounds memory, keeps the round trips overlapped
@@ -106,7 +106,7 @@ def _load(audit: AuditLog, info: ObjectInfo) -> _Entry:
 
 
 def _entries(audit: AuditLog, infos: list[ObjectInfo], workers: int) -> Iterator[_Entry]:
-    if isinstance(audit.store, FileStore):
+    if not audit.store.remote:
         # Local reads are CPU-bound (parsing, hashing): threads only contend for the interpreter lock.
         yield from (_load(audit, info) for info in infos)
         return

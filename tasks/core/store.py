@@ -52,6 +52,9 @@ def _entry_kind(mode: int) -> str:
 
 class ObjectStore(Protocol):
     uri: str
+    # Whether a read waits on a network round trip (then parallel reads pay); a local file system's
+    # reads are CPU-bound, where threads only contend for the interpreter lock.
+    remote: bool
 
     def list(self, prefix: str) -> list[ObjectInfo]: ...
 
@@ -85,6 +88,8 @@ def _clean_prefix(prefix: str) -> str:
 
 class FileStore:
     """A directory tree on a local or mounted file system."""
+
+    remote = False
 
     def __init__(self, uri: str, root: Path) -> None:
         self.uri = uri.rstrip("/")
@@ -197,6 +202,8 @@ class FileStore:
 
 class S3Store:
     """A bucket (and optional prefix) on S3 or an S3-compatible server, through boto3."""
+
+    remote = True
 
     def __init__(self, uri: str, bucket: str, base: str, endpoint_url: str | None) -> None:
         import boto3

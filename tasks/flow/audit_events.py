@@ -11,7 +11,14 @@ from datetime import datetime
 from pydantic import JsonValue
 
 from tasks.audit.log import append_event
-from tasks.audit.records import RecordKind
+from tasks.audit.records import (
+    RecordKind,
+    checkpoint_subject,
+    device_subject,
+    engine_subject,
+    fleet_subject,
+    version_subject,
+)
 from tasks.core.errors import AuditFailed, ConfigError, StoreError
 from tasks.core.settings import Settings
 from tasks.fleet.channel import DeviceStatus
@@ -23,26 +30,6 @@ log = logging.getLogger(__name__)
 
 NIGHTLY = "nightly_compression"  # the actor of the nightly run's records
 FLEET_RELEASE = "fleet_release"  # the actor of the release side's records
-
-
-def version_subject(model_version: str) -> str:
-    return f"model_version:{model_version}"
-
-
-def fleet_subject(fleet: str) -> str:
-    return f"fleet:{fleet}"
-
-
-def device_subject(fleet: str, device: str) -> str:
-    return f"device:{fleet}/{device}"
-
-
-def checkpoint_subject(uri: str) -> str:
-    return f"checkpoint:{uri}"
-
-
-def engine_subject(target: str, digest: str) -> str:
-    return f"engine:{target}/{digest}"
 
 
 def record_event(
