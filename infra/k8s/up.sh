@@ -184,6 +184,10 @@ evictionHard:
   memory.available: "100Mi"
   nodefs.available: "2%"
   imagefs.available: "2%"
+# No registry: an image the kubelet collected could never be pulled again, so it collects none
+# (podman's image store on the same disk fills it past the default 85% mark).
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
 KCFG
 start kubelet "$bin/kubelet" --config="$run/kubelet/config.yaml" --kubeconfig="$kubeconfig" \
     --container-runtime=remote --container-runtime-endpoint="unix://$sock" \
