@@ -20,8 +20,8 @@ from tasks.compress.techniques.prune import RecoveryConfig, finetune_recover
 from tasks.core.errors import SlimlineError, TechniqueError
 from tasks.core.models import (
     LOW_RANK_KEY,
-    PRUNED_HEADS_KEY,
     PROJECTIONS,
+    PRUNED_HEADS_KEY,
     ModelRef,
     load_classifier,
     load_tokenizer,
@@ -106,7 +106,7 @@ def test_full_energy_matches_the_dense_model(tmp_path, checkpoint, context):
     tensors = load_file(checkpoint / "model.safetensors")
     generator = torch.Generator().manual_seed(1)
     for name, tensor in tensors.items():
-        if name.endswith(".weight") and any(f".{p}.weight" in name for p in PROJECTIONS) and "encoder" in name:
+        if "encoder" in name and any(name.endswith(f".{p}.weight") for p in PROJECTIONS):
             rows, columns = tensor.shape
             a, b = torch.randn(rows, 4, generator=generator), torch.randn(4, columns, generator=generator)
             tensors[name] = (a @ b * 0.05).contiguous()
@@ -231,7 +231,7 @@ def test_recovery_fine_tune_keeps_the_factorization(tmp_path, checkpoint, contex
 
 def test_malformed_or_refactorized_input_fails_in_one_line(tmp_path, checkpoint, context):
     out = factorize(checkpoint, tmp_path / "lowrank", context, energy=0.6)
-    with pytest.raises(TechniqueError, match="already factorized; apply lowrank.svd once"):
+    with pytest.raises(TechniqueError, match=r"already factorized; apply lowrank\.svd once"):
         factorize(out, tmp_path / "twice", context, energy=0.6)
     config_file = out / "config.json"
     config = json.loads(config_file.read_text())
@@ -286,4 +286,6 @@ def test_recipes_can_use_it():
     )
     assert variant.steps[0].config == {"energy": None, "keep_params": 0.5, "min_rank": 1, "targets": "ffn"}
     with pytest.raises(ValidationError, match=r"lowrank.svd: energy = 1.5: .*less than or equal to 1"):
-        Variant.model_validate({"name": "bad", "steps": [{"technique": "lowrank.svd", "config": {"energy": 1.5}}]})
+        Variant.model_validate(
+            {"name": "bad", "steps": [{"technique": "lowrank.svd", "config": {"energy": 1.5}}]}
+        )

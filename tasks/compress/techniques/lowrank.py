@@ -221,7 +221,7 @@ def lowrank_svd(
         u, s, vh = factors[m.layer, m.name]
         root = s[: m.rank].sqrt()
         dense = get_submodule(layers[m.layer], m.name)
-        pair = low_rank_pair(m.in_features, m.out_features, m.rank, dense.bias is not None)
+        pair: Any = low_rank_pair(m.in_features, m.out_features, m.rank, dense.bias is not None)
         with torch.no_grad():
             pair.down.weight.copy_((root[:, None] * vh[: m.rank]).to(dense.weight.dtype))
             pair.up.weight.copy_((u[:, : m.rank] * root[None, :]).to(dense.weight.dtype))
