@@ -1,13 +1,14 @@
 """The technique catalogue: importing this package registers every technique a recipe can name.
 
 One module per family (export, ONNX optimizations, quantization, pruning, distillation,
-vocabulary trimming); each imports only pydantic at import time, so loading a recipe (or
-parsing a DAG) stays cheap.
+low-rank factorization, vocabulary trimming); each imports only pydantic at import time, so
+loading a recipe (or parsing a DAG) stays cheap.
 """
 
 from tasks.compress.technique import TECHNIQUES, get_technique
 from tasks.compress.techniques import (
     distill,
+    lowrank,
     onnx_export,
     onnx_fp16,
     onnx_optimize,
@@ -20,6 +21,7 @@ __all__ = [
     "TECHNIQUES",
     "distill",
     "get_technique",
+    "lowrank",
     "onnx_export",
     "onnx_fp16",
     "onnx_optimize",

@@ -46,6 +46,7 @@ from tasks.core.models import (
     ModelRef,
     encoder_layers,
     head_dim,
+    is_low_rank,
     keep_layers,
     live_heads,
     load_classifier,
@@ -205,6 +206,10 @@ def prune_ffn(
     network = load_classifier(model.path)
     tokenizer = load_tokenizer(model.path)
     layers = encoder_layers(network)
+    if any(is_low_rank(layer.intermediate.dense) or is_low_rank(layer.output.dense) for layer in layers):
+        raise TechniqueError(
+            "prune.ffn: the feed-forward projections are factorized (lowrank.svd); prune before factorizing"
+        )
     width = int(network.config.intermediate_size)
     if any(layer.intermediate.dense.out_features != width for layer in layers):
         raise TechniqueError("prune.ffn: layers differ in feed-forward width; config.json cannot describe it")

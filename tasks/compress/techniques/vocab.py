@@ -27,7 +27,7 @@ from pydantic import Field, field_validator
 
 from tasks.compress.technique import TechniqueConfig, TechniqueContext, technique
 from tasks.core.errors import TechniqueError
-from tasks.core.models import ModelRef, write_report
+from tasks.core.models import ModelRef, load_classifier, low_rank_layout, write_report
 
 if TYPE_CHECKING:
     import torch
@@ -337,6 +337,19 @@ def select_rows(weight: torch.Tensor, kept: list[int]) -> torch.Tensor:
     return weight.detach()[torch.tensor(kept, dtype=torch.long)].clone()
 
 
+def _load_network(path: Path) -> tuple[Any, list[str]]:
+    """The classifier in `path` (safetensors, no remote code) and the weights it lacked. A folder
+    with projections factorized by lowrank.svd loads through load_classifier, strictly."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if any(low_rank_layout(AutoConfig.from_pretrained(path, trust_remote_code=False))):
+        return load_classifier(path), []
+    network, info = AutoModelForSequenceClassification.from_pretrained(
+        path, use_safetensors=True, trust_remote_code=False, output_loading_info=True
+    )
+    return network, list(info["missing_keys"])
+
+
 def _trim_and_verify(
     source: Path, staging: Path, plan: VocabPlan, eval_texts: list[str], max_length: int
 ) -> dict[str, Any]:
@@ -345,7 +358,7 @@ def _trim_and_verify(
     import torch
     from tokenizers import Tokenizer
     from tqdm import tqdm
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     old_to_new = plan.old_to_new
     old_raw, new_raw = (
@@ -375,14 +388,11 @@ def _trim_and_verify(
             "nothing to check; lower min_count or widen corpus_splits"
         )
 
-    network, info = AutoModelForSequenceClassification.from_pretrained(
-        source, use_safetensors=True, trust_remote_code=False, output_loading_info=True
-    )
-    if info["missing_keys"]:
+    network, missing = _load_network(source)
+    if missing:
         # A randomly initialised head would be baked into the output as if it were trained.
         raise TechniqueError(
-            f"trim.vocabulary needs a sequence-classification checkpoint; {source} lacks "
-            f"{sorted(info['missing_keys'])}"
+            f"trim.vocabulary needs a sequence-classification checkpoint; {source} lacks {sorted(missing)}"
         )
     network.eval()
     embeddings = network.get_input_embeddings()
@@ -420,9 +430,7 @@ def _trim_and_verify(
     network.save_pretrained(staging, safe_serialization=True)
 
     # The check runs on what was written, reloaded the way every later step loads it.
-    candidate = AutoModelForSequenceClassification.from_pretrained(
-        staging, use_safetensors=True, trust_remote_code=False
-    ).eval()
+    candidate = _load_network(staging)[0].eval()
     _check_special_ids(new_tokenizer, candidate.config, plan)
     lookup = torch.full((rows_before,), -1, dtype=torch.long)
     lookup[torch.tensor(plan.kept)] = torch.arange(len(plan.kept))
