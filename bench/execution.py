@@ -22,10 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import tomllib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,29 +34,7 @@ MODES = ("inprocess", "container", "kubernetes")
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 IMAGE = f"localhost/slimline-task:{VERSION}"
 KUBECONFIG = REPO / ".tools" / "k8s" / "kubeconfig"
-PODMAN_ENV = {"CONTAINERS_CONF": str(REPO / "infra" / "containers.conf")}
 STEP_TASKS = 4  # 2 variants + 2 engine builds
-
-
-@contextmanager
-def podman_api(folder: Path) -> Iterator[str]:
-    socket = folder / "podman.sock"
-    service = subprocess.Popen(
-        ["podman", "system", "service", "--time=0", f"unix://{socket}"],
-        env=os.environ | PODMAN_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not socket.exists():
-            if time.monotonic() > deadline:
-                raise SystemExit("podman's API socket did not appear in 30 s")
-            time.sleep(0.2)
-        yield f"unix://{socket}"
-    finally:
-        service.terminate()
-        service.wait(timeout=30)
 
 
 def one_run(mode: str, folder: Path, checkpoint: Path, docker_url: str) -> float:
@@ -86,6 +61,7 @@ def one_run(mode: str, folder: Path, checkpoint: Path, docker_url: str) -> float
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tests.factories import make_checkpoint
+    from tests.image_builds import serve_podman_api
 
     modes = list(args.modes)
     if "kubernetes" in modes:
@@ -104,7 +80,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(connection)
     seconds: dict[str, list[float]] = {mode: [] for mode in modes}
-    with tempfile.TemporaryDirectory(prefix="execution-bench-") as tmp, podman_api(Path(tmp)) as docker_url:
+    with (
+        tempfile.TemporaryDirectory(prefix="execution-bench-") as tmp,
+        serve_podman_api(Path(tmp)) as docker_url,
+    ):
         checkpoint = make_checkpoint(Path(tmp) / "checkpoint")
         for round_ in range(args.runs):
             for mode in modes:  # the modes take turns: the machine's noise falls on all of them

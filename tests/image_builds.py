@@ -1,6 +1,7 @@
 """slimline's images for the tests that run them (tests/test_images.py, tests/test_k8s.py): `images`
 builds both with infra/images.sh (layers cached; the first build on a bare machine takes minutes),
-`podman_api` serves podman's Docker-compatible API on a socket of its own for the Docker provider,
+`podman_api` serves podman's Docker-compatible API on a socket of its own for the Docker provider
+(`serve_podman_api`, which bench/execution.py uses too),
 `podman(...)` runs podman with the project's containers.conf. The fixtures are registered in
 tests/conftest.py."""
 
@@ -10,6 +11,7 @@ import os
 import subprocess
 import tomllib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,10 +50,10 @@ def images() -> dict[str, str]:
     return IMAGES
 
 
-@pytest.fixture(scope="session")
-def podman_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """podman's Docker-compatible API on a socket of its own, for the Docker provider."""
-    socket = tmp_path_factory.mktemp("podman-api") / "podman.sock"
+@contextmanager
+def serve_podman_api(folder: Path) -> Iterator[str]:
+    """podman's Docker-compatible API on a socket of its own in `folder`, for the time of the block."""
+    socket = folder / "podman.sock"
     service = subprocess.Popen(
         ["podman", "system", "service", "--time=0", f"unix://{socket}"],
         env=os.environ | PODMAN_ENV,
@@ -64,3 +66,10 @@ def podman_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         service.terminate()
         service.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def podman_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """podman's Docker-compatible API for the Docker provider, for the whole session."""
+    with serve_podman_api(tmp_path_factory.mktemp("podman-api")) as url:
+        yield url

@@ -76,29 +76,13 @@ def _env(kubeconfig: Path) -> dict[str, str]:
     }
 
 
-def kubectl(
-    kubeconfig: Path, *args: str, timeout: float = 120, check: bool = True
+def _tool(
+    tool: Path, kubeconfig: Path, args: tuple[str, ...], timeout: float, check: bool
 ) -> subprocess.CompletedProcess[str]:
-    """`kubectl ARGS` against the cluster; with check, a failure raises with kubectl's stderr."""
+    """`tool ARGS` against the cluster, from the repository root; with check, a failure raises with
+    the tool's stderr."""
     done = subprocess.run(
-        [str(KUBECTL), *args],
-        capture_output=True,
-        text=True,
-        env=_env(kubeconfig),
-        timeout=timeout,
-        check=False,
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done
-
-
-def helm(
-    kubeconfig: Path, *args: str, timeout: float = 600, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """`helm ARGS` against the cluster, run from the repository root."""
-    done = subprocess.run(
-        [str(HELM), *args],
+        [str(tool), *args],
         capture_output=True,
         text=True,
         env=_env(kubeconfig),
@@ -107,8 +91,24 @@ def helm(
         check=False,
     )
     if check and done.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
+        raise AssertionError(
+            f"{tool.name} {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}"
+        )
     return done
+
+
+def kubectl(
+    kubeconfig: Path, *args: str, timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl ARGS` against the cluster."""
+    return _tool(KUBECTL, kubeconfig, args, timeout, check)
+
+
+def helm(
+    kubeconfig: Path, *args: str, timeout: float = 600, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`helm ARGS` against the cluster, run from the repository root (chart paths are relative)."""
+    return _tool(HELM, kubeconfig, args, timeout, check)
 
 
 def load_images(*images: str) -> str:

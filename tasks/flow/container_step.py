@@ -4,34 +4,24 @@ last line of its output; the task returns what the in-process task returns."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from airflow.providers.docker.operators.docker import DockerOperator
 
 from tasks.core.settings import Settings
-from tasks.flow.execution import Launch, Step, step_done
+from tasks.flow.execution import Launch, Step
+from tasks.flow.step_operator import StepOperator
 
 MEMORY_UNITS = {"Ki": "k", "Mi": "m", "Gi": "g", "Ti": "t", "K": "k", "M": "m", "G": "g", "T": "t"}
 
 
-class ContainerStep(DockerOperator):
-    """DockerOperator for a slimline step: the job's JSON in its command is data, never a template."""
+class ContainerStep(StepOperator, DockerOperator):
+    """DockerOperator for a slimline step; its result is the container's last line of output."""
 
-    template_fields: Sequence[str] = ()
-
-    def __init__(self, *, step: Step, step_label: str = "", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.step = step
-        self.step_label = step_label
-
-    def execute(self, context: Any) -> Any:
-        last_line = super().execute(context)
+    def step_result(self, returned: Any) -> Any:
         # The provider reads stdout and stderr as one stream, split at newlines only: a progress bar
         # that ended with a carriage return shares the result's line.
-        if isinstance(last_line, str):
-            last_line = last_line.rsplit("\r", 1)[-1]
-        return step_done(Settings(), self.step, last_line)
+        return returned.rsplit("\r", 1)[-1] if isinstance(returned, str) else returned
 
 
 def container_step(settings: Settings, task_id: str, step: Step) -> Any:

@@ -5,14 +5,14 @@ the provider's sidecar collects it; the task returns what the in-process task re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from kubernetes.client import models as k8s
 
 from tasks.core.settings import Settings
-from tasks.flow.execution import Launch, Step, step_done
+from tasks.flow.execution import Launch, Step
+from tasks.flow.step_operator import StepOperator
 
 RESULT_FILE = "/airflow/xcom/return.json"  # where the provider's sidecar reads a pod's result
 # Labels the chart's NetworkPolicy admits to MLflow (helm/slimline, networkPolicy.mlflowClients).
@@ -20,19 +20,8 @@ POD_LABELS = {"app.kubernetes.io/part-of": "slimline", "app.kubernetes.io/compon
 IMAGE_USER = 10001  # the images' own user (infra/*.Containerfile)
 
 
-class PodStep(KubernetesPodOperator):
-    """KubernetesPodOperator for a slimline step: the job's JSON in its arguments is data, never a
-    template."""
-
-    template_fields: Sequence[str] = ()
-
-    def __init__(self, *, step: Step, step_label: str = "", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.step = step
-        self.step_label = step_label
-
-    def execute(self, context: Any) -> Any:
-        return step_done(Settings(), self.step, super().execute(context))
+class PodStep(StepOperator, KubernetesPodOperator):
+    """KubernetesPodOperator for a slimline step; the provider's sidecar reads its result file."""
 
 
 def pod_step(settings: Settings, task_id: str, step: Step) -> Any:
