@@ -34,10 +34,14 @@ if [ -d "${WHEELS:-/opt/wheels}" ]; then
     wheels=(-v "${WHEELS:-/opt/wheels}:/wheels:ro" --build-arg PIP_FIND_LINKS=/wheels)
 fi
 mkdir -p "${PIP_CACHE:-$HOME/.cache/pip}"
+# The version and commit labels are also given on the command line: podman's layer cache does not
+# key the Containerfile's LABEL step on the build arguments it expands, so a build whose sources
+# match an earlier one (a commit of what was built dirty) reused that build's labels.
 build() {  # name, Containerfile
     local began=$SECONDS
     podman build --quiet --layers -f "infra/$2" -t "localhost/slimline-$1:$tag" \
         --build-arg BASE="$base" --build-arg VERSION="$version" --build-arg GIT_COMMIT="$commit" \
+        --label org.opencontainers.image.version="$version" --label org.opencontainers.image.revision="$commit" \
         "${wheels[@]}" -v "${PIP_CACHE:-$HOME/.cache/pip}:/root/.cache/pip" . >/dev/null
     local size
     size=$(podman image inspect --format '{{.Size}}' "localhost/slimline-$1:$tag")
