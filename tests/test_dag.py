@@ -1,5 +1,6 @@
 """The nightly DAG, parsed by Airflow and run for real with `airflow dags test` on SQLite."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -78,6 +79,12 @@ def test_nightly_dag_run_registers_with_lineage_and_is_idempotent(settings, tiny
     candidate = client.get_model_version_by_alias("tiny-sentiment", "candidate")
     assert str(candidate.version) == "2"
     assert first.peak_rss_mb > 0 and first.log_path.exists()
+    # Every task instance's time, in the order they ran, within the run's own time.
+    ran = [t.label for t in first.tasks]
+    assert ran[0] == "discover" and {"run_variant[0]", "run_variant[1]", "publish"} <= set(ran)
+    assert all(0 <= t.started <= t.ended <= first.seconds for t in first.tasks)
+    assert all(a.ended <= b.started for a, b in itertools.pairwise(first.tasks))
+    assert sum(t.seconds for t in first.tasks) > 0.5 * first.seconds
     # The engine step: the INT8 version gets its cpu-avx2 engine, the FP32 one is skipped (precision).
     by_variant = {v.tags["slimline.variant"]: v for v in versions.values()}
     engine = json.loads(by_variant["onnx-int8-dynamic"].tags["slimline.engine.cpu-avx2"])

@@ -170,6 +170,33 @@ def test_distillation_lowers_the_students_kl_to_the_teacher(tmp_path, context, c
     assert not found["teacher_logits_reused"] and report(again.path)["teacher_logits_reused"]
 
 
+def test_bf16_distillation_learns_as_fp32_does_and_keeps_float32_weights(tmp_path, context, checkpoints):
+    base = ModelRef(path=checkpoints[0], format="hf")
+    untrained = load_classifier(base.path)
+    keep_layers(untrained, [0, 2])
+    before = kl_to_teacher(untrained, context)
+    losses = {"kl_weight": 1.0, "hard_weight": 0.5, "hidden_weight": 1.0, "attention_weight": 1.0}
+    config = DistillConfig(layers=[0, 2], temperature=1.0, precision="bf16", **losses, **FAST)
+    student = distill_student(base, config, out_dir(tmp_path, "bf16"), context)
+
+    after = kl_to_teacher(stock(student.path), context)
+    assert after < 0.2 * before, (before, after)
+    assert {p.dtype for p in stock(student.path).parameters()} == {torch.float32}
+    found = report(student.path)
+    assert (found["precision"], found["device"]) == ("bf16", "cpu")
+    training = read_training_log(student.path)
+    assert training is not None and training.precision == "bf16"
+    assert set(training.curve[0]) == {"step", "loss", "kl", "hard", "hidden", "attention"}
+    assert all(np.isfinite(point["loss"]) for point in training.curve)
+    # The bf16 soft targets are their own artifact, within a few hundredths of the fp32 ones.
+    bf16_logits, bf16_result = teacher_logits(context, precision="bf16")
+    fp32_logits, fp32_result = teacher_logits(context)
+    assert found["teacher_logits_key"] == bf16_result.key != fp32_result.key
+    assert bf16_result.reused and not fp32_result.reused
+    np.testing.assert_allclose(bf16_logits, fp32_logits, atol=0.1)
+    assert not np.array_equal(bf16_logits, fp32_logits)
+
+
 def test_hidden_and_attention_losses_on_a_head_pruned_student(tmp_path, context):
     pruned = prune_heads(
         context.teacher, HeadPruningConfig(importance_batches=1), out_dir(tmp_path, "h"), context
@@ -233,6 +260,7 @@ def test_a_student_deeper_than_its_teacher_is_refused(tmp_path):
         ({"hidden_weight": -1}, r"hidden_weight\n.*greater than or equal to 0"),
         ({"transfer_examples": -1}, r"transfer_examples\n.*greater than or equal to 0"),
         ({"student_layers": [0]}, r"student_layers\n.*Extra inputs are not permitted"),
+        ({"precision": "fp16"}, r"precision\n.*Input should be 'fp32' or 'bf16'"),
     ],
 )
 def test_distill_config_names_the_field_and_what_is_allowed(values, message):

@@ -22,12 +22,12 @@ from tasks.compress.techniques.onnx_export import OnnxExportConfig, export_onnx
 from tasks.compress.techniques.onnx_optimize import OrtFusionConfig, ort_fusions
 from tasks.compress.techniques.onnx_quantize import DynamicInt8Config, quantize_dynamic_int8
 from tasks.core.errors import EngineError
+from tasks.core.inference import OnnxPredictor
 from tasks.engines.build import runtime_of
 from tasks.engines.info import EngineInfo
 from tasks.engines.runtime import BuildSource, Built
 from tasks.engines.runtimes import tensorrt as trt_runtime
 from tasks.engines.target import Requirements, Target, VersionRange
-from tasks.gate.evaluate import OnnxPredictor
 from tests.factories import LABELS, make_checkpoint, make_dataset
 from tests.tiny import make_context
 

@@ -20,8 +20,8 @@ from tasks.compress.techniques.onnx_quantize import (
     quantize_static_int8,
 )
 from tasks.core.errors import ConfigError, TechniqueError
+from tasks.core.inference import OnnxPredictor
 from tasks.core.models import ModelRef, model_size_bytes
-from tasks.gate.evaluate import OnnxPredictor
 from tests.factories import make_checkpoint
 from tests.tiny import make_context
 

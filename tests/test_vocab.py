@@ -23,8 +23,8 @@ from tasks.compress.techniques import vocab as vocab_module
 from tasks.compress.techniques.onnx_export import OnnxExportConfig, export_onnx
 from tasks.compress.techniques.vocab import VocabTrimConfig, trim_vocabulary
 from tasks.core.errors import TechniqueError
+from tasks.core.inference import OnnxPredictor
 from tasks.core.models import ModelRef
-from tasks.gate.evaluate import OnnxPredictor
 from tasks.intake.data import load_split
 from tests.factories import LABELS, NEGATIVE_WORDS, NEUTRAL_WORDS, POSITIVE_WORDS, SUBJECTS
 from tests.tiny import make_context

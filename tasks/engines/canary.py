@@ -64,7 +64,7 @@ def canary_step(
     """The canary set of a registered model (cached by the model, the split and the size)."""
 
     def work(out: Path) -> dict[str, Any]:
-        from tasks.gate.evaluate import Encoder, OnnxPredictor
+        from tasks.core.inference import Encoder, OnnxPredictor
         from tasks.intake.data import load_split
 
         examples = load_split(split.path, "eval")[:size]
@@ -106,7 +106,7 @@ def calibration_step(
     that calibrate INT8 themselves (TensorRT): `{"input_ids": [...], "attention_mask": [...]}`."""
 
     def work(out: Path) -> dict[str, Any]:
-        from tasks.gate.evaluate import Encoder
+        from tasks.core.inference import Encoder
         from tasks.intake.data import load_split
 
         examples = load_split(split.path, "calibration")

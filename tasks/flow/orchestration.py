@@ -36,6 +36,66 @@ TASK_STATE = re.compile(r"Task instance state updated .*?new_state=(?P<state>\w+
 # How a task's end is shown: a sensor rescheduled between pokes has not ended.
 ENDINGS = {"success": "done", "up_for_reschedule": "waiting (rescheduled)", "up_for_retry": "will retry"}
 TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(?P<task>\S+)(?: map_index=(?P<index>-?\d+))?")
+LINE_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)")
+TASK_START = re.compile(r"\[DAG TEST\] starting task_id=(?P<task>\S+)(?: map_index=(?P<index>-?\d+))?")
+
+
+class TaskTime(BaseModel):
+    """One task instance of a `dags test` run: when it started and ended, in seconds from the
+    start of the run (`dags test` runs one task at a time, so these add up to the run)."""
+
+    task: str
+    map_index: int = -1
+    started: float
+    ended: float
+
+    @property
+    def label(self) -> str:
+        return self.task if self.map_index == -1 else f"{self.task}[{self.map_index}]"
+
+    @property
+    def seconds(self) -> float:
+        return round(self.ended - self.started, 1)
+
+
+class TaskClock:
+    """Reads a `dags test` log line by line (as it is written, or afterwards) and times each task
+    instance from the timestamps of its start and end lines."""
+
+    def __init__(self, origin: datetime) -> None:
+        self.origin = origin
+        self.tasks: list[TaskTime] = []
+        self._starts: dict[tuple[str, int], float] = {}
+
+    def feed(self, line: str) -> TaskTime | None:
+        """The task this line ends, if it ends one."""
+        start, end = TASK_START.search(line), TASK_END.search(line)
+        if not (start or end):
+            return None
+        stamp = LINE_TIME.match(line)
+        at = datetime.fromisoformat(stamp[0]) if stamp else datetime.now(UTC)
+        offset = round((at - self.origin).total_seconds(), 1)
+        if start:
+            self._starts[start["task"], int(start["index"] or -1)] = offset
+            return None
+        assert end is not None
+        task, index = end["task"], int(end["index"] or -1)
+        started = self._starts.pop((task, index), offset)
+        self.tasks.append(TaskTime(task=task, map_index=index, started=started, ended=offset))
+        return self.tasks[-1]
+
+
+def task_times(log_path: Path) -> list[TaskTime]:
+    """Each task's time in a finished `dags test` log, from its first line."""
+    with log_path.open() as lines:
+        first = next(lines, "")
+        stamp = LINE_TIME.match(first)
+        if not stamp:
+            raise OrchestrationError(f"{log_path} does not start with a timestamped line")
+        clock = TaskClock(datetime.fromisoformat(stamp[0]))
+        for line in [first, *lines]:
+            clock.feed(line)
+    return clock.tasks
 
 
 class DagRunResult(BaseModel):
@@ -45,6 +105,7 @@ class DagRunResult(BaseModel):
     seconds: float
     peak_rss_mb: float
     log_path: Path
+    tasks: list[TaskTime] = []
 
     @property
     def run_label(self) -> str:
@@ -125,6 +186,7 @@ def dags_test(settings: Settings, dag_id: str, conf: dict[str, Any], echo: bool 
     command = [_airflow(), "dags", "test", dag_id, "--conf", json.dumps(conf)]
     started = time.perf_counter()
     finished: dict[str, str] = {}
+    clock = TaskClock(datetime.now(UTC))
     state = "success"
     with log_path.open("w") as sink:
         proc = subprocess.Popen(
@@ -140,11 +202,9 @@ def dags_test(settings: Settings, dag_id: str, conf: dict[str, Any], echo: bool 
             sink.write(line)
             if updated := TASK_STATE.search(line):
                 state = updated["state"]
-            if (end := TASK_END.search(line)) and echo:
-                index = end["index"]
-                label = end["task"] if index in (None, "-1") else f"{end['task']}[{index}]"
+            if (done := clock.feed(line)) and echo:
                 ending = ENDINGS.get(state, state)
-                print(f"  [{time.perf_counter() - started:6.1f}s] {label} {ending}", flush=True)
+                print(f"  [{done.ended:6.1f}s] {done.label} {ending} ({done.seconds:.1f}s)", flush=True)
             if match := FINISHED.search(line):
                 finished = match.groupdict()
         returncode = proc.wait()
@@ -161,6 +221,7 @@ def dags_test(settings: Settings, dag_id: str, conf: dict[str, Any], echo: bool 
         seconds=round(seconds, 1),
         peak_rss_mb=round(peak_kb / 1024, 1),
         log_path=log_path,
+        tasks=clock.tasks,
     )
     if result.state != "success":
         raise OrchestrationError(

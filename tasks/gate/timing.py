@@ -18,9 +18,10 @@ from tqdm import tqdm
 
 from tasks.core.artifacts import StepResult, run_step
 from tasks.core.config import Strict
+from tasks.core.inference import Encoder, Predictor, load_predictor
 from tasks.core.models import ModelRef
 from tasks.core.settings import Settings
-from tasks.gate.evaluate import Encoder, Predictor, load_predictor, percentile_ms, time_requests
+from tasks.gate.evaluate import percentile_ms, time_requests
 from tasks.intake.data import load_split
 
 

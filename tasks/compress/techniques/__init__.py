@@ -1,7 +1,7 @@
 """The technique catalogue: importing this package registers every technique a recipe can name.
 
-One module per family (export, ONNX optimizations, quantization, pruning, distillation,
-low-rank factorization, vocabulary trimming); each imports only pydantic at import time, so
+One module per family (export, ONNX optimizations, quantization, mixed precision, pruning,
+distillation, low-rank factorization, vocabulary trimming); each imports only pydantic at import time, so
 loading a recipe (or parsing a DAG) stays cheap.
 """
 
@@ -9,6 +9,7 @@ from tasks.compress.technique import TECHNIQUES, get_technique
 from tasks.compress.techniques import (
     distill,
     lowrank,
+    mixed_precision,
     onnx_export,
     onnx_fp16,
     onnx_optimize,
@@ -22,6 +23,7 @@ __all__ = [
     "distill",
     "get_technique",
     "lowrank",
+    "mixed_precision",
     "onnx_export",
     "onnx_fp16",
     "onnx_optimize",

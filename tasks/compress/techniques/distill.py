@@ -19,6 +19,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 
 from tasks.compress.technique import TechniqueConfig, TechniqueContext, technique
+from tasks.compress.training import PRECISION_FIELD, Precision
 from tasks.core.errors import TechniqueError
 from tasks.core.models import (
     ModelRef,
@@ -57,6 +58,7 @@ class DistillConfig(TechniqueConfig):
         4000, ge=0, le=1_000_000, description="Unlabelled transfer examples: the next N, labels ignored."
     )
     seed: int = Field(0, description="Seed for shuffling and dropout.")
+    precision: Precision = PRECISION_FIELD
 
     @field_validator("layers")
     @classmethod
@@ -130,7 +132,7 @@ def distill_student(
     items = [TrainItem(e.text, e.label) for e in labelled] + [TrainItem(e.text, None) for e in transfer]
     logits, cached = None, None
     if config.kl_weight > 0:
-        all_logits, cached = teacher_logits(context)
+        all_logits, cached = teacher_logits(context, precision=config.precision)
         logits = all_logits[: len(items)]  # labelled then transfer: the split's first rows, in order
     teacher = None
     if config.hidden_weight > 0 or config.attention_weight > 0:
@@ -145,6 +147,7 @@ def distill_student(
         hidden_weight=config.hidden_weight,
         attention_weight=config.attention_weight,
         seed=config.seed,
+        precision=config.precision,
     )
     tokenizer = load_tokenizer(model.path)
     training = train_student(

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, cast
 from pydantic import Field, field_validator
 
 from tasks.compress.technique import TechniqueConfig, TechniqueContext, technique
+from tasks.compress.training import PRECISION_FIELD, Precision
 from tasks.core.errors import TechniqueError
 from tasks.core.models import (
     PRUNED_HEADS_KEY,
@@ -326,6 +327,7 @@ class RecoveryConfig(TechniqueConfig):
     )
     max_examples: int = Field(6000, ge=1, le=1_000_000, description="Training examples used (first N).")
     seed: int = Field(0, description="Seed for shuffling and dropout.")
+    precision: Precision = PRECISION_FIELD
 
 
 @technique("finetune.recover", RecoveryConfig, accepts=("hf",), produces="hf", uses_data=True)
@@ -346,7 +348,7 @@ def finetune_recover(
     tokenizer = load_tokenizer(model.path)
     examples = load_split(context.split_dir, "train")[: config.max_examples]
     items = [TrainItem(e.text, e.label) for e in examples]
-    all_logits, cached = teacher_logits(context)
+    all_logits, cached = teacher_logits(context, precision=config.precision)
     logits = all_logits[: len(items)]
     if logits.shape[1] != int(network.config.num_labels):
         raise TechniqueError(
@@ -361,6 +363,7 @@ def finetune_recover(
         kl_weight=config.alpha,
         hard_weight=1 - config.alpha,
         seed=config.seed,
+        precision=config.precision,
     )
     training = train_student(
         network,
