@@ -151,27 +151,16 @@ def _random_inputs(batch: int, sequence: int, vocab: int, sets: int, seed: int) 
 
 
 class Energy:
-    """NVML's total-energy counter (millijoules since the driver loaded) of GPU 0, if readable."""
+    """GPU 0's energy counter as the engine check reads it (tasks.engines.energy: NVML), in the
+    millijoules this benchmark records; `reason` says why there is none."""
 
     def __init__(self) -> None:
-        self.handle: Any = None
-        self.reason = ""
-        try:
-            import pynvml
+        from tasks.engines.energy import energy_counter
 
-            pynvml.nvmlInit()
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-            pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
-        except Exception as exc:  # no NVML, no GPU, or the counter is not supported
-            self.handle = None
-            self.reason = f"NVML energy counter not readable: {_first_line(exc)}"
+        self.counter, self.reason = energy_counter("cuda:0")
 
     def read_mj(self) -> int | None:
-        if self.handle is None:
-            return None
-        import pynvml
-
-        return int(pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle))
+        return None if self.counter is None else round(self.counter.joules() * 1000)
 
 
 def _timed_loop(

@@ -17,6 +17,7 @@ from tasks.cli import main
 from tasks.core.errors import ConfigError, EngineCheckFailed, EngineError
 from tasks.core.settings import Settings
 from tasks.engines.capabilities import Capabilities, Gpu, read_capabilities, unmet
+from tasks.engines.energy import energy_counter
 from tasks.engines.info import CanaryResult, read_info
 from tasks.engines.target import Requirements, Target, load_target, load_targets
 from tasks.flow.engines import build_engines, build_published_engines, latency_over_budget
@@ -186,6 +187,12 @@ def test_cpu_engines_are_built_checked_recorded_and_load_in_a_fresh_process(
     # This machine meets the target, so the check timed it.
     assert info.check.latency_p50_ms is not None and info.check.throughput_per_s is not None
     assert info.check.throughput_batch == 16
+    # Energy only from a real counter: this machine's CPU has none, and the check says so.
+    counter, why_not = energy_counter("cpu")
+    if counter is None:
+        assert info.check.energy_j_per_1k is None and info.check.energy_note == why_not
+    else:
+        assert info.check.energy_j_per_1k > 0 and info.check.energy_note == counter.source
 
     # Recorded against the version: the registry answers which engines exist, for which targets.
     ref = get_version(settings, *versions["int8"].split("/"))

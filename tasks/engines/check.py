@@ -5,16 +5,20 @@ throughput at a larger batch. Devices run the same check before they switch to a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from tasks.engines.canary import Canary
+from tasks.engines.energy import energy_counter
 from tasks.engines.info import CanaryResult
 from tasks.engines.runtime import Predictor
 from tasks.engines.target import Target
 
 WARMUP = 10
 MIN_THROUGHPUT_SECONDS = 1.0
+ENERGY_SECONDS = 2.0
 
 
 def canary_requests(canary: Canary, min_sequence: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -38,9 +42,11 @@ def canary_logits(predictor: Predictor, canary: Canary, target: Target) -> np.nd
     return np.concatenate([predictor.predict(ids, mask) for ids, mask in requests])
 
 
-def time_engine(predictor: Predictor, canary: Canary, target: Target) -> tuple[float, float, float, int]:
-    """(p50 ms, p95 ms) at batch 1 over `latency_requests` canary requests, and sequences per second
-    at the target's throughput batch (the canary rows repeated to fill it)."""
+def time_engine(predictor: Predictor, canary: Canary, target: Target) -> dict[str, Any]:
+    """p50 and p95 ms at batch 1 over `latency_requests` canary requests, sequences per second at
+    the target's throughput batch (the canary rows repeated to fill it), and where the device has
+    an energy counter, joules per 1,000 inferences at batch 1 and per 1,000 sequences at that batch
+    (each loop run for at least ENERGY_SECONDS, so the counter's resolution does not show)."""
     requests = canary_requests(canary, min(p.sequence.min for p in target.profiles))
     for i in range(WARMUP):
         predictor.predict(*requests[i % len(requests)])
@@ -59,7 +65,28 @@ def time_engine(predictor: Predictor, canary: Canary, target: Target) -> tuple[f
         predictor.predict(big_ids, big_mask)
         runs += 1
     throughput = batch * runs / (time.perf_counter() - started_s)
-    return _percentile(samples, 50), _percentile(samples, 95), round(throughput, 1), batch
+    timing: dict[str, Any] = {
+        "latency_p50_ms": _percentile(samples, 50),
+        "latency_p95_ms": _percentile(samples, 95),
+        "throughput_per_s": round(throughput, 1),
+        "throughput_batch": batch,
+    }
+    counter, why_not = energy_counter(predictor.device)
+    if counter is None:
+        return timing | {"energy_note": why_not}
+
+    def joules_per_1000(call: Callable[[int], object], items_per_call: int) -> float:
+        calls, before, started = 0, counter.joules(), time.perf_counter()
+        while calls < 3 or time.perf_counter() - started < ENERGY_SECONDS:
+            call(calls)
+            calls += 1
+        return round((counter.joules() - before) / (calls * items_per_call) * 1000, 3)
+
+    return timing | {
+        "energy_j_per_1k": joules_per_1000(lambda i: predictor.predict(*requests[i % len(requests)]), 1),
+        "energy_j_per_1k_batched": joules_per_1000(lambda i: predictor.predict(big_ids, big_mask), batch),
+        "energy_note": counter.source,
+    }
 
 
 def check_engine(
@@ -91,13 +118,5 @@ def check_engine(
         timing_note=timing_note or "",
     )
     if timing_note is None:
-        p50, p95, throughput, batch = time_engine(predictor, canary, target)
-        result = result.model_copy(
-            update={
-                "latency_p50_ms": p50,
-                "latency_p95_ms": p95,
-                "throughput_per_s": throughput,
-                "throughput_batch": batch,
-            }
-        )
+        result = result.model_copy(update=time_engine(predictor, canary, target))
     return result

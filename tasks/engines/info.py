@@ -28,6 +28,9 @@ class CanaryResult(BaseModel):
     throughput_per_s: float | None = None  # sequences per second at `throughput_batch`
     throughput_batch: int | None = None
     timing_note: str = ""  # why latency was not measured, when it was not
+    energy_j_per_1k: float | None = None  # joules per 1,000 batch-1 inferences, from a real counter
+    energy_j_per_1k_batched: float | None = None  # per 1,000 sequences at `throughput_batch`
+    energy_note: str = ""  # the counter read, or why energy was not measured
 
 
 class EngineInfo(BaseModel):

@@ -101,6 +101,8 @@ def record_engine(
                         "latency_p50_ms",
                         "latency_p95_ms",
                         "throughput_per_s",
+                        "energy_j_per_1k",
+                        "energy_j_per_1k_batched",
                     }
                 ).items()
                 if v is not None

@@ -145,6 +145,7 @@ ENGINE_HEADERS = [
     "p50 ms",
     "p95 ms",
     "seq/s (batch)",
+    "J/1k (batch 1, batch)",
 ]
 
 
@@ -157,9 +158,11 @@ def engine_rows(outcomes: list[EngineOutcome]) -> list[list[str]]:
     rows = []
     for o in outcomes:
         check = o.check
-        throughput = "—"
+        throughput = energy = "—"
         if check is not None and check.throughput_per_s is not None:
             throughput = f"{check.throughput_per_s:,.0f} ({check.throughput_batch})"
+        if check is not None and check.energy_j_per_1k is not None:
+            energy = f"{check.energy_j_per_1k:.3g}, {check.energy_j_per_1k_batched:.3g}"
         rows.append(
             [
                 o.model_version,
@@ -172,14 +175,17 @@ def engine_rows(outcomes: list[EngineOutcome]) -> list[list[str]]:
                 fmt(check.latency_p50_ms if check else None, ".2f"),
                 fmt(check.latency_p95_ms if check else None, ".2f"),
                 throughput,
+                energy,
             ]
         )
     return rows
 
 
 def engine_notes(outcomes: list[EngineOutcome]) -> str:
-    """Why some engines were not timed, once per reason."""
-    return "; ".join(sorted({o.check.timing_note for o in outcomes if o.check and o.check.timing_note}))
+    """Why some engines were not timed, and which energy counter was read or why none was, once each."""
+    checks = [o.check for o in outcomes if o.check]
+    notes = {c.timing_note for c in checks} | {c.energy_note for c in checks}
+    return "; ".join(sorted(note for note in notes if note))
 
 
 def engine_table(outcomes: list[EngineOutcome]) -> Table:
