@@ -428,6 +428,45 @@ def _export_on(model_dir: Path, device: str, dtype: Any, dynamic: bool) -> Any:
         return torch.export.export(module, (ids, torch.ones_like(ids)), dynamic_shapes=dynamic_shapes)
 
 
+def child_check(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine check the pipeline runs after every build (tasks.engines.check.check_engine): a
+    canary of 64 random requests of 16 to 64 tokens, the eager FP32 model's logits as reference;
+    agreement, batch-1 latency, throughput and energy, as the engine results record them."""
+    import numpy as np
+    import torch
+
+    from tasks.engines.canary import Canary
+    from tasks.engines.check import check_engine
+
+    predictor, _ = _stage_timed(args.engine)
+    rng = np.random.default_rng(SEED)
+    lengths = rng.integers(16, SEQUENCE + 1, 64)
+    ids = rng.integers(1000, MINILM_SHAPE["vocab_size"], (64, SEQUENCE), dtype=np.int64)
+    mask = (np.arange(SEQUENCE)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = ids * mask
+    reference = _eager_model(args.model, torch.float32)
+    with torch.inference_mode():
+        logits = [
+            reference(
+                input_ids=torch.from_numpy(ids[i : i + 1, :n]).cuda(),
+                attention_mask=torch.from_numpy(mask[i : i + 1, :n]).cuda(),
+            )
+            .logits.float()
+            .cpu()
+            .numpy()[0]
+            for i, n in enumerate(lengths)
+        ]
+    canary = Canary(
+        label_names=list(LABELS),
+        texts=[f"random request {i}" for i in range(64)],
+        labels=[int(np.argmax(row)) for row in logits],
+        input_ids=ids.tolist(),
+        attention_mask=mask.tolist(),
+        reference_logits=[[float(v) for v in row] for row in logits],
+    )
+    return check_engine(predictor, canary, _load_target(args.target), None).model_dump()
+
+
 def child_aoti_build(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -595,6 +634,7 @@ CHILDREN: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "build": child_build,
     "stage": child_stage,
     "measure": child_measure,
+    "check": child_check,
     "aoti-build": child_aoti_build,
     "aoti-load": child_aoti_load,
     "xver-make": child_xver_make,
@@ -883,6 +923,7 @@ def step_engine(runner: Runner, args: argparse.Namespace, model: Path) -> dict[s
         }
     measure = ["measure", *common, "--rounds", str(args.rounds), "--seconds", str(args.seconds)]
     result["measure"] = runner.child("measure", measure, 300)
+    result["check"] = runner.child("check", ["check", *common, "--target", str(args.target)], 240)
     return result
 
 

@@ -93,7 +93,10 @@ def record(label: str, home: Path) -> dict[str, Any]:
         "machine": f"{os.cpu_count()} cores, {cpu_model()}",
         "teacher_cached": demo["teacher_cached"],
         "dag_run_seconds": dag_run["seconds"],
-        "candidate": summary["candidate"],
+        "candidate": next(
+            (r["name"] for r in summary["rows"] if r.get("version") == summary["candidate"]), None
+        ),
+        "candidate_reason": summary.get("candidate_reason", ""),
         "tasks": tasks,
         "steps": {step: {"count": len(s), "seconds": round(sum(s), 1)} for step, s in sorted(steps.items())},
         "variants": rows,

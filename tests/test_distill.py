@@ -10,6 +10,7 @@ import transformers
 from pydantic import ValidationError
 from transformers import AutoTokenizer
 
+from tasks.compress import training
 from tasks.compress.technique import TechniqueContext
 from tasks.compress.techniques.distill import DistillConfig, distill_student
 from tasks.compress.techniques.prune import HeadPruningConfig, prune_heads
@@ -17,12 +18,12 @@ from tasks.compress.training import (
     TEACHER_LOGITS_FILE,
     TrainItem,
     TrainSettings,
-    length_batches,
     read_training_log,
     teacher_logits,
     train_student,
 )
 from tasks.core.errors import TechniqueError
+from tasks.core.inference import length_batches
 from tasks.core.models import ModelRef, keep_layers, load_classifier
 from tasks.intake.data import load_split
 from tests.factories import make_checkpoint
@@ -94,30 +95,48 @@ def attention_gap(student, context: TechniqueContext, pairs: list[tuple[int, int
     return sum(gaps) / len(gaps)
 
 
-def test_teacher_logits_are_computed_once_for_the_split_and_stored_as_npy(tmp_path, context, monkeypatch):
+def test_teacher_logits_are_computed_once_per_shard_and_stored_as_npy(tmp_path, context, monkeypatch):
     texts = [e.text for e in load_split(context.split_dir, "train")]
-    logits, first = teacher_logits(context)
-    stored = first.path / TEACHER_LOGITS_FILE
-    assert not first.reused and stored.exists()
-    assert np.load(stored, allow_pickle=False).dtype == np.float32 and logits.shape == (len(texts), 3)
+    monkeypatch.setattr(training, "LOGITS_SHARD", 64)
+    first = teacher_logits(context)
+    shards = -(-len(texts) // 64)
+    assert len(first.shards) == shards and not first.reused
+    stored = [np.load(s.path / TEACHER_LOGITS_FILE, allow_pickle=False) for s in first.shards]
+    assert all(part.dtype == np.float32 for part in stored) and sum(len(p) for p in stored) == len(texts)
+    assert first.values.shape == (len(texts), 3)
     # Rows come back in split order although batches group texts by length.
     encoded = AutoTokenizer.from_pretrained(context.teacher.path)(
         texts, padding=True, truncation=True, max_length=context.max_length, return_tensors="pt"
     )
     with torch.inference_mode():
-        np.testing.assert_allclose(logits, stock(context.teacher.path)(**encoded).logits.numpy(), atol=1e-5)
+        expected = stock(context.teacher.path)(**encoded).logits.numpy()
+    np.testing.assert_allclose(first.values, expected, atol=1e-5)
 
-    # A second request must not load (let alone run) the teacher.
+    # A second request, or one for fewer rows, must not load (let alone run) the teacher.
     def refuse(*args, **kwargs):
         raise AssertionError("the teacher was loaded again")
 
     monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", refuse)
-    again, second = teacher_logits(context)
-    assert second.reused and second.path == first.path
-    np.testing.assert_array_equal(again, logits)
-    # Another split is another artifact.
+    again = teacher_logits(context)
+    assert again.reused and again.keys == first.keys
+    np.testing.assert_array_equal(again.values, first.values)
+    prefix = teacher_logits(context, rows=70)
+    assert prefix.reused and prefix.keys == first.keys[:2]
+    np.testing.assert_array_equal(prefix.values, first.values[:70])
+    # Another split or another precision is another artifact.
     with pytest.raises(AssertionError, match="loaded again"):
         teacher_logits(context, split="calibration")
+    with pytest.raises(AssertionError, match="loaded again"):
+        teacher_logits(context, rows=10, precision="bf16")
+
+
+def test_only_the_shards_a_technique_trains_on_are_computed(tmp_path, context, monkeypatch):
+    monkeypatch.setattr(training, "LOGITS_SHARD", 64)
+    prefix = teacher_logits(context, rows=70)  # two shards: rows 0-63 and 64-127
+    assert len(prefix.shards) == 2 and prefix.values.shape == (70, 3) and not prefix.reused
+    whole = teacher_logits(context)
+    assert whole.keys[:2] == prefix.keys and [s.reused for s in whole.shards[:2]] == [True, True]
+    assert not any(s.reused for s in whole.shards[2:])
 
 
 def test_length_batches_cover_every_example_once_and_group_similar_lengths():
@@ -189,12 +208,12 @@ def test_bf16_distillation_learns_as_fp32_does_and_keeps_float32_weights(tmp_pat
     assert set(training.curve[0]) == {"step", "loss", "kl", "hard", "hidden", "attention"}
     assert all(np.isfinite(point["loss"]) for point in training.curve)
     # The bf16 soft targets are their own artifact, within a few hundredths of the fp32 ones.
-    bf16_logits, bf16_result = teacher_logits(context, precision="bf16")
-    fp32_logits, fp32_result = teacher_logits(context)
-    assert found["teacher_logits_key"] == bf16_result.key != fp32_result.key
-    assert bf16_result.reused and not fp32_result.reused
-    np.testing.assert_allclose(bf16_logits, fp32_logits, atol=0.1)
-    assert not np.array_equal(bf16_logits, fp32_logits)
+    bf16 = teacher_logits(context, rows=180, precision="bf16")
+    fp32 = teacher_logits(context, rows=180)
+    assert found["teacher_logits_keys"] == bf16.keys and not set(bf16.keys) & set(fp32.keys)
+    assert bf16.reused and not fp32.reused
+    np.testing.assert_allclose(bf16.values, fp32.values, atol=0.1)
+    assert not np.array_equal(bf16.values, fp32.values)
 
 
 def test_hidden_and_attention_losses_on_a_head_pruned_student(tmp_path, context):
@@ -224,7 +243,7 @@ def test_hidden_and_attention_losses_on_a_head_pruned_student(tmp_path, context)
         small = load_classifier(student.path, remove_pruned_heads=True)
         np.testing.assert_allclose(small(**encoded).logits, reloaded(**encoded).logits, atol=1e-5)
     assert small.bert.encoder.layer[0].attention.self.query.weight.shape == (16, 32)
-    assert report(student.path)["teacher_logits_key"] is None  # no KL term: no teacher logits
+    assert report(student.path)["teacher_logits_keys"] is None  # no KL term: no teacher logits
     assert_onnx_matches(tmp_path, context, student)
 
 

@@ -7,9 +7,10 @@ it learns from.
 - hidden-state MSE between student layer i and its mapped teacher layer (over real tokens);
 - attention-distribution KL per head between the same layers (TinyBERT-style, eager attention).
 
-The teacher's logits come from `teacher_logits`: computed once over the whole training split and
-cached as a float32 `.npy` artifact keyed by the teacher, the split and the token limit, so neither
-a second epoch, nor another technique, nor a rerun forwards the teacher again. Batches group texts
+The teacher's logits come from `teacher_logits`: computed once per shard of the training split's
+rows and cached as float32 `.npy` artifacts keyed by the teacher, the split, the token limit, the
+precision and the rows, so neither a second epoch, nor another technique, nor a rerun forwards the
+teacher again, and rows no technique trains on are never forwarded. Batches group texts
 of similar length (`length_batches`): tweets are short, and random batches padded to their longest
 member spent about half of their compute on padding. Hidden-state and attention
 losses need the teacher's per-token states, which are too large to cache: when their weights are
@@ -27,6 +28,7 @@ torch does the work (AdamW, clipping); transformers supplies the linear warm-up/
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,6 +41,7 @@ from tqdm import tqdm
 
 from tasks.core.artifacts import StepResult, run_step
 from tasks.core.errors import TechniqueError
+from tasks.core.inference import length_batches, token_lengths
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,9 +53,9 @@ log = logging.getLogger(__name__)
 
 TEACHER_LOGITS_STEP = "teacher.logits"
 TEACHER_LOGITS_FILE = "logits.npy"
+LOGITS_SHARD = 2048  # rows per cached teacher-logits artifact
 TRAINING_LOG_FILE = "training.json"
 CURVE_POINTS = 100  # loss-curve points kept per run, whatever its length
-MEGABATCH = 50  # batches per length-sorted group (as transformers' LengthGroupedSampler)
 
 Precision = Literal["fp32", "bf16"]
 PRECISION_FIELD: Any = Field(
@@ -105,16 +108,16 @@ class TrainingLog(BaseModel):
         (output_dir / TRAINING_LOG_FILE).write_text(self.model_dump_json(indent=1))
 
 
-def finish_training(output_dir: Path, training: TrainingLog, logits: StepResult | None) -> dict[str, Any]:
+def finish_training(output_dir: Path, training: TrainingLog, logits: TeacherLogits | None) -> dict[str, Any]:
     """Write the training log into the step's folder; return the report fields every trained
-    technique shares (epoch losses, and which teacher-logits artifact it learned from)."""
+    technique shares (epoch losses, and which teacher-logits artifacts it learned from)."""
     training.write(output_dir)
     return {
         "epoch_losses": training.epoch_losses,
         "precision": training.precision,
         "device": training.device,
         "train_seconds": training.seconds,
-        "teacher_logits_key": logits.key if logits else None,
+        "teacher_logits_keys": logits.keys if logits else None,
         "teacher_logits_reused": logits.reused if logits else None,
     }
 
@@ -123,36 +126,6 @@ def read_training_log(step_dir: Path) -> TrainingLog | None:
     """The training log a step left in its artifact folder, if it trained anything."""
     path = step_dir / TRAINING_LOG_FILE
     return TrainingLog.model_validate_json(path.read_text()) if path.exists() else None
-
-
-def length_batches(
-    lengths: Sequence[int], batch_size: int, generator: torch.Generator | None = None
-) -> list[list[int]]:
-    """Batches of indices whose texts have similar token counts, so padding wastes little compute.
-
-    Without a generator: all indices sorted by length (inference; callers restore the order).
-    With one: a random permutation cut into groups of MEGABATCH batches, each group sorted by
-    length and cut into batches, and the batch order shuffled: training still sees every example
-    once per epoch in a random mix, at a fraction of the padded tokens.
-    """
-    import torch
-
-    if generator is None:
-        order = sorted(range(len(lengths)), key=lengths.__getitem__)
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    permutation = torch.randperm(len(lengths), generator=generator).tolist()
-    group = batch_size * MEGABATCH
-    batches = []
-    for start in range(0, len(permutation), group):
-        members = sorted(permutation[start : start + group], key=lengths.__getitem__, reverse=True)
-        batches += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
-    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-
-
-def token_lengths(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[int]:
-    """Token count of each text after truncation (special tokens included)."""
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
-    return [len(ids) for ids in encoded["input_ids"]]
 
 
 def compute_device() -> torch.device:
@@ -180,36 +153,63 @@ def _native_bf16() -> bool:
     return bool(check()) if check is not None else False
 
 
+@dataclass(frozen=True)
+class TeacherLogits:
+    """The teacher's logits over the first rows of a split, and the shard artifacts they came from."""
+
+    values: np.ndarray
+    shards: list[StepResult]
+
+    @property
+    def keys(self) -> list[str]:
+        return [shard.key for shard in self.shards]
+
+    @property
+    def reused(self) -> bool:
+        return all(shard.reused for shard in self.shards)
+
+
 def teacher_logits(
-    context: TechniqueContext, split: str = "train", batch_size: int = 64, precision: Precision = "fp32"
-) -> tuple[np.ndarray, StepResult]:
-    """The teacher's logits over every example of `split` (rows in split order), from the artifact
-    cache or computed now. Computing the whole split once lets every technique that trains on
-    a slice of it (recovery fine-tuning, distillation with any transfer-set size) share one
-    artifact; techniques that train in bf16 share the logits computed in bf16 (the forward pass
-    takes about half the time, and the soft targets differ by a few hundredths of a logit)."""
+    context: TechniqueContext,
+    rows: int | None = None,
+    split: str = "train",
+    batch_size: int = 64,
+    precision: Precision = "fp32",
+) -> TeacherLogits:
+    """The teacher's logits over the first `rows` examples of `split` (all of them by default), in
+    split order. They are computed and cached in shards of LOGITS_SHARD rows, keyed by the teacher,
+    the split, the token limit, the precision and the rows: every technique that trains on a prefix
+    of the split (recovery fine-tuning, distillation with any transfer-set size) reuses the shards
+    another computed, and none pays for rows nobody trains on. Techniques that train in bf16 share
+    the logits computed in bf16 (the forward pass takes about half the time on CPUs with AMX or
+    AVX-512 BF16; the soft targets differ by a few hundredths of a logit)."""
     import numpy as np
 
     from tasks.intake.data import load_split
 
     texts = [e.text for e in load_split(context.split_dir, split)]
-    if not texts:
+    count = len(texts) if rows is None else min(rows, len(texts))
+    if count <= 0:
         raise TechniqueError(f"teacher logits: the {split} split has no examples")
+    loaded: dict[str, Any] = {}
 
-    def work(out: Path) -> dict[str, Any]:
+    def work(out: Path, start: int, end: int) -> dict[str, Any]:
         import torch
 
         from tasks.core.models import load_classifier, load_tokenizer
 
         device = compute_device()
-        tokenizer = load_tokenizer(context.teacher.path)
-        teacher = load_classifier(context.teacher.path).to(device)
-        logits = np.zeros((len(texts), int(teacher.config.num_labels)), dtype=np.float32)
-        batches = length_batches(token_lengths(tokenizer, texts, context.max_length), batch_size)
+        if not loaded:  # one load for every shard computed in this call
+            loaded["tokenizer"] = load_tokenizer(context.teacher.path)
+            loaded["teacher"] = load_classifier(context.teacher.path).to(device)
+        tokenizer, teacher = loaded["tokenizer"], loaded["teacher"]
+        shard = texts[start:end]
+        logits = np.zeros((len(shard), int(teacher.config.num_labels)), dtype=np.float32)
+        batches = length_batches(token_lengths(tokenizer, shard, context.max_length), batch_size)
         with torch.inference_mode(), autocast(precision, device):
-            for index in tqdm(batches, desc="teacher logits", unit="batch"):
+            for index in tqdm(batches, desc=f"teacher logits {start}-{end}", unit="batch"):
                 encoded = tokenizer(
-                    [texts[i] for i in index],
+                    [shard[i] for i in index],
                     padding=True,
                     truncation=True,
                     max_length=context.max_length,
@@ -217,21 +217,33 @@ def teacher_logits(
                 ).to(device)
                 logits[index] = teacher(**encoded).logits.float().cpu().numpy()
         np.save(out / TEACHER_LOGITS_FILE, logits, allow_pickle=False)
-        log.info("teacher logits: %d examples x %d labels", *logits.shape)
         return {"examples": int(logits.shape[0]), "labels": int(logits.shape[1])}
 
-    result = run_step(
-        context.artifacts_dir,
-        TEACHER_LOGITS_STEP,
-        {"max_length": context.max_length, "split": split, "precision": precision},
-        {"teacher": context.teacher_key, "split": context.split_key},
-        work,
-        code=__name__,
+    shards, parts = [], []
+    for start in range(0, count, LOGITS_SHARD):
+        end = min(start + LOGITS_SHARD, len(texts))
+        result = run_step(
+            context.artifacts_dir,
+            TEACHER_LOGITS_STEP,
+            {"max_length": context.max_length, "split": split, "precision": precision, "rows": [start, end]},
+            {"teacher": context.teacher_key, "split": context.split_key},
+            functools.partial(work, start=start, end=end),
+            code=__name__,
+        )
+        part = np.load(result.path / TEACHER_LOGITS_FILE, allow_pickle=False)
+        if part.shape[0] != end - start:  # pragma: no cover - the key includes the split's digest
+            raise TechniqueError(
+                f"teacher logits at {result.path} have {part.shape[0]} rows, not {end - start}"
+            )
+        shards.append(result)
+        parts.append(part)
+    log.info(
+        "teacher logits: %d rows from %d shard(s), %d reused",
+        count,
+        len(shards),
+        sum(s.reused for s in shards),
     )
-    logits = np.load(result.path / TEACHER_LOGITS_FILE, allow_pickle=False)
-    if logits.shape[0] != len(texts):  # pragma: no cover - the key includes the split's digest
-        raise TechniqueError(f"teacher logits at {result.path} have {logits.shape[0]} rows, not {len(texts)}")
-    return logits, result
+    return TeacherLogits(values=np.concatenate(parts)[:count], shards=shards)
 
 
 def _masked_mse(student: torch.Tensor, teacher: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,22 @@
 """A model's logits on encoded batches, on its own runtime: PyTorch for checkpoints, ONNX Runtime
 (CPU) for ONNX models; and the encoder that turns texts into the int64 arrays both take. Evaluation,
 side-by-side timing, the engines' canary and the techniques that measure a model while they change
-it all run models through these."""
+it all run models through these; training and inference alike batch texts of similar length."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from tasks.core.models import ONNX_FILE, ModelRef
+
+if TYPE_CHECKING:
+    import torch
+
+MEGABATCH = 50  # batches per length-sorted group (as transformers' LengthGroupedSampler)
 
 
 class Predictor(Protocol):
@@ -77,3 +83,51 @@ class Encoder:
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
         )
         return {k: np.asarray(v, dtype=np.int64) for k, v in encoded.items()}
+
+
+def length_batches(
+    lengths: Sequence[int], batch_size: int, generator: torch.Generator | None = None
+) -> list[list[int]]:
+    """Batches of indices whose texts have similar token counts, so padding wastes little compute.
+
+    Without a generator: all indices sorted by length (inference; callers restore the order).
+    With one: a random permutation cut into groups of MEGABATCH batches, each group sorted by
+    length and cut into batches, and the batch order shuffled: training still sees every example
+    once per epoch in a random mix, at a fraction of the padded tokens.
+    """
+    import torch
+
+    if generator is None:
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    permutation = torch.randperm(len(lengths), generator=generator).tolist()
+    group = batch_size * MEGABATCH
+    batches = []
+    for start in range(0, len(permutation), group):
+        members = sorted(permutation[start : start + group], key=lengths.__getitem__, reverse=True)
+        batches += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def token_lengths(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[int]:
+    """Token count of each text after truncation (special tokens included)."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
+def batched_logits(
+    predictor: Predictor, encode: Encoder, texts: Sequence[str], batch_size: int, desc: str | None = None
+) -> np.ndarray:
+    """The model's logits for every text, in the texts' order, computed in batches of similar length:
+    little padding, so less work and, for dynamically quantized models (whose activation scales are
+    the batch's), inputs closer to a device's single requests. `desc` shows a progress bar."""
+    from tqdm import tqdm
+
+    lengths = token_lengths(encode.tokenizer, texts, encode.max_length)
+    logits = np.zeros((0, 0), dtype=np.float32)
+    for index in tqdm(length_batches(lengths, batch_size), desc=desc, leave=False, disable=desc is None):
+        found = predictor.logits(encode([texts[i] for i in index]))
+        if logits.size == 0:
+            logits = np.zeros((len(texts), found.shape[1]), dtype=np.float32)
+        logits[index] = found
+    return logits

@@ -10,11 +10,10 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
-from tqdm import tqdm
 
 from tasks.core.artifacts import StepResult, run_step
 from tasks.core.config import Strict
-from tasks.core.inference import Encoder, Predictor, load_predictor
+from tasks.core.inference import Encoder, Predictor, batched_logits, load_predictor
 from tasks.core.models import ModelRef, model_size_bytes
 from tasks.core.settings import Settings
 from tasks.intake.data import DatasetConfig, Example, load_split
@@ -53,12 +52,7 @@ def measure(
     encode = Encoder(model.path, dataset.max_length)
     predictor = load_predictor(model, config.threads)
     texts = [e.text for e in examples]
-    chunks = []
-    for start in tqdm(
-        range(0, len(texts), config.batch_size), desc=f"evaluate {model.path.name}", leave=False
-    ):
-        chunks.append(predictor.logits(encode(texts[start : start + config.batch_size])))
-    logits = np.concatenate(chunks)
+    logits = batched_logits(predictor, encode, texts, config.batch_size, f"evaluate {model.path.name}")
 
     singles = [encode([t]) for t in texts[: max(config.latency_samples, config.warmup)]]
     time_requests(predictor, singles[: config.warmup])

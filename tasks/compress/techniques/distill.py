@@ -132,8 +132,9 @@ def distill_student(
     items = [TrainItem(e.text, e.label) for e in labelled] + [TrainItem(e.text, None) for e in transfer]
     logits, cached = None, None
     if config.kl_weight > 0:
-        all_logits, cached = teacher_logits(context, precision=config.precision)
-        logits = all_logits[: len(items)]  # labelled then transfer: the split's first rows, in order
+        # Labelled then transfer: the split's first rows, in order.
+        cached = teacher_logits(context, rows=len(items), precision=config.precision)
+        logits = cached.values
     teacher = None
     if config.hidden_weight > 0 or config.attention_weight > 0:
         teacher = load_classifier(context.teacher.path, attn_implementation=attention)

@@ -120,13 +120,11 @@ def quantize_mixed_precision(
 ) -> ModelRef:
     """Dynamic INT8 except the groups the calibration split shows are too sensitive, kept FP32
     (onnxruntime.quantization)."""
-    import numpy as np
     import onnx
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from tasks.compress.training import length_batches
-    from tasks.core.inference import Encoder, OnnxPredictor
+    from tasks.core.inference import Encoder, OnnxPredictor, batched_logits
     from tasks.intake.data import load_split
 
     examples = load_split(context.split_dir, "calibration")[: config.calibration_examples]
@@ -138,21 +136,9 @@ def quantize_mixed_precision(
     groups = operator_groups(onnx.load(str(source), load_external_data=False).graph)
     encode = Encoder(model.path, context.max_length)
     texts = [e.text for e in examples]
-    lengths = [int(n) for n in encode(texts)["attention_mask"].sum(axis=1)]
-    batches = [
-        encode([texts[i] for i in index]) | {"rows": np.asarray(index)}
-        for index in length_batches(lengths, BATCH)
-    ]
 
-    def logits_of(path: Path) -> np.ndarray:
-        predictor = OnnxPredictor(path, threads=0)
-        out = np.zeros((len(texts), 0), dtype=np.float32)
-        for batch in batches:
-            found = predictor.logits({k: v for k, v in batch.items() if k != "rows"})
-            if out.shape[1] == 0:
-                out = np.zeros((len(texts), found.shape[1]), dtype=np.float32)
-            out[batch["rows"]] = found
-        return out
+    def logits_of(folder: Path) -> np.ndarray:
+        return batched_logits(OnnxPredictor(folder, threads=0), encode, texts, BATCH)
 
     def quantize(nodes: list[str], folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)

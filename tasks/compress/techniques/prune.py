@@ -348,8 +348,8 @@ def finetune_recover(
     tokenizer = load_tokenizer(model.path)
     examples = load_split(context.split_dir, "train")[: config.max_examples]
     items = [TrainItem(e.text, e.label) for e in examples]
-    all_logits, cached = teacher_logits(context, precision=config.precision)
-    logits = all_logits[: len(items)]
+    cached = teacher_logits(context, rows=len(items), precision=config.precision)
+    logits = cached.values
     if logits.shape[1] != int(network.config.num_labels):
         raise TechniqueError(
             f"finetune.recover: the teacher has {logits.shape[1]} labels, the model "
