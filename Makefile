@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: env system tools fetch-tools demo test test-fast lint chart images bench bench-engines bench-agent bench-fleet bench-audit \
-	bench-charts bench-execution clean podman-api podman-api-stop \
+	bench-charts bench-execution bench-nightly bench-training clean podman-api podman-api-stop \
 	k8s-build k8s-up k8s-down test-k8s
 
 env: $(STAMP)
@@ -177,12 +177,25 @@ bench-audit: env
 bench-execution: env images
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/execution.py
 
+# The demo's nightly DAG run in a fresh home (teacher and split copied from .slimline, so run `make demo`
+# once first): the DAG run's wall time and each task's, recorded under LABEL in bench/results/nightly.json.
+LABEL ?= after
+bench-nightly: env
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/nightly.py --label $(LABEL)
+
+# The training loop's speed in fp32 and bf16 on this machine (the demo's student and teacher shapes):
+# bench/results/training.json and .png (entries from other machines, the H200's, are kept).
+bench-training: env
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/training.py
+
 # Redraw the benchmark charts from the committed JSON.
 bench-charts: env
 	$(BIN)/python bench/compression.py --chart
 	$(BIN)/python bench/engines_cpu.py --chart
 	$(BIN)/python bench/agent_footprint.py --chart
 	$(BIN)/python bench/fleet.py --chart
+	$(BIN)/python bench/nightly.py --chart
+	$(BIN)/python bench/training.py --chart
 	$(BIN)/python bench/audit_verify.py --chart
 	$(BIN)/python bench/execution.py --chart
 

@@ -258,7 +258,9 @@ def _engines(engines: list[EngineOutcome] | None) -> str:
         heading + "<p>Each registered version built for each target of the recipe and checked on the canary "
         "set (the first examples of the evaluation split) against the registered model: label "
         "agreement, largest logit difference, and batch-1 latency and throughput where this machine "
-        "is of the target's kind. A failed check registers nothing.</p>"
+        "is of the target's kind, with the energy per 1,000 inferences (at batch 1, and at the "
+        "throughput batch) where the device has a real energy counter (NVML on GPUs, RAPL on CPUs). "
+        "A failed check registers nothing.</p>"
         + table(ENGINE_HEADERS, cells)
         + (f"<p>{escape(notes)}</p>" if notes else "")
     )

@@ -1,13 +1,14 @@
 """`quantize.mixed_precision`: dynamic INT8 where the model tolerates it, FP32 where it does not.
 
-The operators ONNX Runtime's dynamic quantization takes (embedding tables, MatMul and fused
-Attention with constant weights) fall into groups: the embeddings, and each encoder layer's
-attention and feed-forward block. A sensitivity pass on the calibration split quantizes one group
-at a time and measures how far the model moves from its full-precision self: the share of examples
-it still predicts the same way (agreement) and the mean squared error of its logits. Then every
-group is quantized, and while the agreement on the calibration split stays below `min_agreement` the most
-sensitive group still in INT8 goes back to FP32, one at a time, up to `max_full_precision` of the
-groups. The report lists every group with its sensitivity and why it ended INT8 or FP32.
+The operators ONNX Runtime's dynamic quantization takes (embedding tables, MatMul, Gemm and fused
+Attention with constant weights) fall into groups: the embeddings, each encoder layer's attention
+and feed-forward block, and the pooler and classifier head. A sensitivity pass on the calibration
+split quantizes one group at a time and measures how far the model moves from its full-precision
+self: the share of examples it still predicts the same way (agreement) and the mean squared error
+of its logits. Then every group is quantized, and while the agreement on the calibration split
+stays below `min_agreement` the most sensitive group still in INT8 goes back to FP32, one at a
+time, up to `max_full_precision` of the groups. The report lists every group with its sensitivity
+and why it ended INT8 or FP32.
 
 ONNX Runtime's `quantize_dynamic` does the quantization (its `nodes_to_quantize` picks the
 groups); ONNX Runtime runs the measurements. CPU targets only: FP16 for GPU targets is the
@@ -58,7 +59,7 @@ class MixedPrecisionConfig(TechniqueConfig):
 
 @dataclass
 class Group:
-    """Operators quantized or kept together: `embeddings`, `layer.N attention`, `layer.N ffn`."""
+    """Operators quantized or kept together: `embeddings`, `layer.N attention`, `layer.N ffn`, `head`."""
 
     name: str
     nodes: list[str]
@@ -70,8 +71,8 @@ class Group:
 
 def operator_groups(graph: Any) -> list[Group]:
     """The operators `quantize_dynamic` would quantize, grouped: the embeddings (Gather of a float
-    table, or ORT's fused EmbedLayerNormalization), then each encoder layer's attention and
-    feed-forward matrix products. Gemm (the pooler and classifier) is not among them.
+    table, or ORT's fused EmbedLayerNormalization), each encoder layer's attention and
+    feed-forward matrix products, and the head (the pooler's and classifier's Gemm).
 
     Fused Attention nodes carry no layer in their names; each belongs to the layer of the next
     node in graph order that names one (its output projection)."""
@@ -94,6 +95,9 @@ def operator_groups(graph: Any) -> list[Group]:
             node.op_type == "Gather" and node.input[0] in tables
         ):
             add("embeddings", node.name)
+        elif node.op_type == "Gemm" and node.input[1] in tables:
+            # The quantizer first rewrites a Gemm as MatMul + Add, naming the MatMul so.
+            add("head" if not layer else f"layer.{layer[1]} ffn", f"{node.name}_MatMul")
         elif node.op_type in ("MatMul", "Attention") and node.input[1] in tables:
             if layer:
                 block = "attention" if "/attention/" in node.name else "ffn"
@@ -101,12 +105,12 @@ def operator_groups(graph: Any) -> list[Group]:
             elif node.op_type == "Attention":
                 pending.append(node.name)
             else:
-                add("other", node.name)
+                add("head", node.name)
     if pending:
         raise TechniqueError(f"quantize.mixed_precision: attention nodes {pending} follow no encoder layer")
     if not groups:
         raise TechniqueError(
-            "quantize.mixed_precision: the model has no embedding table, MatMul or Attention with "
+            "quantize.mixed_precision: the model has no embedding table, MatMul, Gemm or Attention with "
             "constant weights to quantize"
         )
     return list(groups.values())
