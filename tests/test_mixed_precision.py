@@ -16,6 +16,7 @@ from tasks.compress.techniques.mixed_precision import (
     MixedPrecisionConfig,
     operator_groups,
     quantize_mixed_precision,
+    quantize_nodes,
 )
 from tasks.compress.techniques.onnx_export import OnnxExportConfig, export_onnx
 from tasks.compress.techniques.onnx_optimize import OrtFusionConfig, ort_fusions
@@ -111,6 +112,18 @@ def test_the_sensitive_group_stays_fp32_and_the_report_says_why(exported, tmp_pa
     assert any(n.op_type == "MatMulInteger" for n in graph.node)
     np.testing.assert_allclose(onnx_logits(result.path, TEXTS), onnx_logits(exported.path, TEXTS), atol=0.5)
     assert (result.path / "tokenizer.json").exists()
+
+
+def test_with_every_group_in_fp32_the_graph_comes_out_unquantized(exported, tmp_path):
+    # quantize_dynamic reads an empty node list as "every node": the step must not.
+    source = exported.path / ONNX_FILE
+    config = MixedPrecisionConfig()
+    untouched = quantize_nodes(source, [], tmp_path / "none", config)
+    assert (untouched / ONNX_FILE).read_bytes() == source.read_bytes()
+    groups = operator_groups(onnx.load(str(source)).graph)
+    one = quantize_nodes(source, groups[-1].nodes, tmp_path / "head", config)
+    quantized = [n for n in onnx.load(str(one / ONNX_FILE)).graph.node if n.op_type == "MatMulInteger"]
+    assert len(quantized) == len(groups[-1].nodes) == 2
 
 
 def test_a_target_out_of_reach_fails_naming_what_to_change(exported, tmp_path, context):

@@ -19,7 +19,7 @@ def demo_data() -> dict[str, Any]:
 def test_demo_recipe_loads_with_defaults_filled_in():
     recipe = load_recipe(DEMO)
     assert recipe.name == "minilm-sentiment"
-    assert [v.name for v in recipe.variants][:2] == ["onnx-fp32", "onnx-int8-dynamic"]
+    assert [v.name for v in recipe.variants][:2] == ["onnx-int8-dynamic", "fused-int8-dynamic"]
     quantize = recipe.variant("onnx-int8-dynamic").steps[1]
     assert quantize.config == {"per_channel": False, "reduce_range": False, "weight_type": "qint8"}
 
@@ -35,12 +35,12 @@ def test_digest_ignores_layout_but_not_content():
     ("mutate", "expected"),
     [
         (
-            lambda d: d["variants"][1]["steps"][1]["config"].update(per_chanel=True),
-            "variants.1.steps.1: quantize.onnx_dynamic_int8: per_chanel = True: "
+            lambda d: d["variants"][0]["steps"][1]["config"].update(per_chanel=True),
+            "variants.0.steps.1: quantize.onnx_dynamic_int8: per_chanel = True: "
             "Extra inputs are not permitted",
         ),
         (
-            lambda d: d["variants"][1]["steps"][1].update(technique="quantize.magic"),
+            lambda d: d["variants"][0]["steps"][1].update(technique="quantize.magic"),
             "unknown technique 'quantize.magic'; allowed: ",
         ),
         (
@@ -57,7 +57,7 @@ def test_digest_ignores_layout_but_not_content():
         ),
         (
             lambda d: d["variants"].append(d["variants"][0]),
-            "variant names must be unique; repeated: onnx-fp32",
+            "variant names must be unique; repeated: onnx-int8-dynamic",
         ),
         (
             lambda d: d["timing"].update(rounds=0),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,31 @@ def operator_groups(graph: Any) -> list[Group]:
     return list(groups.values())
 
 
+def quantize_nodes(source: Path, nodes: list[str], folder: Path, config: MixedPrecisionConfig) -> Path:
+    """`source` with dynamic INT8 for the named nodes only, in `folder`; with no node named, `source`
+    unchanged (quantize_dynamic reads an empty list as every node)."""
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if not nodes:
+        shutil.copyfile(source, folder / ONNX_FILE)
+        return folder
+    try:
+        quantize_dynamic(
+            source,
+            folder / ONNX_FILE,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=nodes,
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},
+        )
+    except Exception as exc:  # onnxruntime raises plain Exceptions
+        raise TechniqueError(f"quantize.mixed_precision failed for {source}: {exc}") from exc
+    return folder
+
+
 @technique(
     "quantize.mixed_precision", MixedPrecisionConfig, accepts=("onnx",), produces="onnx", uses_data=True
 )
@@ -125,8 +151,6 @@ def quantize_mixed_precision(
     """Dynamic INT8 except the groups the calibration split shows are too sensitive, kept FP32
     (onnxruntime.quantization)."""
     import onnx
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from tasks.core.inference import Encoder, OnnxPredictor, batched_logits
     from tasks.intake.data import load_split
@@ -144,22 +168,6 @@ def quantize_mixed_precision(
     def logits_of(folder: Path) -> np.ndarray:
         return batched_logits(OnnxPredictor(folder, threads=0), encode, texts, BATCH)
 
-    def quantize(nodes: list[str], folder: Path) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            quantize_dynamic(
-                source,
-                folder / ONNX_FILE,
-                per_channel=config.per_channel,
-                reduce_range=config.reduce_range,
-                weight_type=QuantType.QInt8,
-                nodes_to_quantize=nodes,
-                extra_options={"DefaultTensorType": TensorProto.FLOAT},
-            )
-        except Exception as exc:  # onnxruntime raises plain Exceptions
-            raise TechniqueError(f"quantize.mixed_precision failed for {model.path}: {exc}") from exc
-        return folder
-
     def compare(logits: np.ndarray) -> tuple[float, float]:
         agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
         return round(agreement, 6), round(float(((logits - reference) ** 2).mean()), 8)
@@ -167,7 +175,7 @@ def quantize_mixed_precision(
     reference = logits_of(model.path)
     with tempfile.TemporaryDirectory() as scratch:
         for index, group in enumerate(groups):
-            alone = quantize(group.nodes, Path(scratch) / str(index))
+            alone = quantize_nodes(source, group.nodes, Path(scratch) / str(index), config)
             group.agreement, group.logit_mse = compare(logits_of(alone))
         # Most sensitive first: the most predictions changed, then the largest logit error.
         ranked = sorted(groups, key=lambda g: (g.agreement, -g.logit_mse))
@@ -176,7 +184,8 @@ def quantize_mixed_precision(
         trials: list[dict[str, Any]] = []
         while True:
             quantized = [node for g in groups if g not in kept for node in g.nodes]
-            agreement, mse = compare(logits_of(quantize(quantized, Path(scratch) / f"mix{len(kept)}")))
+            mixed = quantize_nodes(source, quantized, Path(scratch) / f"mix{len(kept)}", config)
+            agreement, mse = compare(logits_of(mixed))
             names = [g.name for g in kept]
             trials.append({"full_precision": names, "agreement": agreement, "logit_mse": mse})
             log.info("quantize.mixed_precision: %d group(s) FP32, agreement %.4f", len(kept), agreement)
