@@ -30,15 +30,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from engines_gpu import MINILM_SHAPE  # noqa: E402  (the same MiniLM shape as the GPU benchmark)
+
 RESULTS = REPO / "bench" / "results"
-MINILM = {
-    "hidden_size": 384,
-    "num_hidden_layers": 6,
-    "num_attention_heads": 12,
-    "intermediate_size": 1536,
-    "vocab_size": 30522,
-    "max_position_embeddings": 512,
-}
 STUDENT_LAYERS = [0, 2, 4]
 BATCH = 64  # the demo recipe's distillation batch
 MAX_LENGTH = 64
@@ -92,7 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     lines = (args.texts or default_texts()).read_text().splitlines()
     rows = [json.loads(line) for line in lines if line.strip()]
     tokenizer: Any = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=False)
-    config: dict[str, Any] = {**MINILM, "num_labels": 3}
+    config: dict[str, Any] = {**MINILM_SHAPE, "num_labels": 3}
     device = compute_device()
     results: list[dict[str, Any]] = []
     texts = [r["text"] for r in rows]

@@ -29,6 +29,7 @@ from pydantic import Field
 
 from tasks.compress.technique import TechniqueConfig, TechniqueContext, technique
 from tasks.compress.techniques.onnx_export import copy_sidecars
+from tasks.compress.techniques.onnx_quantize import dynamic_int8
 from tasks.core.errors import TechniqueError
 from tasks.core.models import ONNX_FILE, ModelRef, write_report
 
@@ -120,25 +121,18 @@ def operator_groups(graph: Any) -> list[Group]:
 def quantize_nodes(source: Path, nodes: list[str], folder: Path, config: MixedPrecisionConfig) -> Path:
     """`source` with dynamic INT8 for the named nodes only, in `folder`; with no node named, `source`
     unchanged (quantize_dynamic reads an empty list as every node)."""
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     folder.mkdir(parents=True, exist_ok=True)
     if not nodes:
         shutil.copyfile(source, folder / ONNX_FILE)
         return folder
-    try:
-        quantize_dynamic(
-            source,
-            folder / ONNX_FILE,
-            per_channel=config.per_channel,
-            reduce_range=config.reduce_range,
-            weight_type=QuantType.QInt8,
-            nodes_to_quantize=nodes,
-            extra_options={"DefaultTensorType": TensorProto.FLOAT},
-        )
-    except Exception as exc:  # onnxruntime raises plain Exceptions
-        raise TechniqueError(f"quantize.mixed_precision failed for {source}: {exc}") from exc
+    dynamic_int8(
+        source,
+        folder / ONNX_FILE,
+        per_channel=config.per_channel,
+        reduce_range=config.reduce_range,
+        nodes=nodes,
+        step="quantize.mixed_precision",
+    )
     return folder
 
 

@@ -22,28 +22,49 @@ class DynamicInt8Config(TechniqueConfig):
     weight_type: Literal["qint8", "quint8"] = Field("qint8", description="Signedness of weights.")
 
 
-@technique("quantize.onnx_dynamic_int8", DynamicInt8Config, accepts=("onnx",), produces="onnx")
-def quantize_dynamic_int8(
-    model: ModelRef, config: DynamicInt8Config, output_dir: Path, context: TechniqueContext
-) -> ModelRef:
-    """Quantize MatMul/Gemm weights to INT8 with onnxruntime.quantization.quantize_dynamic."""
+def dynamic_int8(
+    source: Path,
+    dest: Path,
+    *,
+    per_channel: bool,
+    reduce_range: bool,
+    weight_type: str = "qint8",
+    nodes: list[str] | None = None,
+    step: str = "quantize.onnx_dynamic_int8",
+) -> None:
+    """onnxruntime.quantization.quantize_dynamic of `source` into `dest`: every operator it
+    quantizes, or only the `nodes` named (a non-empty list). Errors name `step`."""
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    weight_type = QuantType.QInt8 if config.weight_type == "qint8" else QuantType.QUInt8
     try:
         quantize_dynamic(
-            model.path / ONNX_FILE,
-            output_dir / ONNX_FILE,
-            per_channel=config.per_channel,
-            reduce_range=config.reduce_range,
-            weight_type=weight_type,
+            source,
+            dest,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            weight_type=QuantType.QInt8 if weight_type == "qint8" else QuantType.QUInt8,
+            nodes_to_quantize=nodes,
             # ONNX shape inference cannot type the outputs of fused contrib operators
             # (Attention, SkipLayerNormalization); they are FP32 in every graph we export.
             extra_options={"DefaultTensorType": TensorProto.FLOAT},
         )
     except Exception as exc:  # onnxruntime raises plain Exceptions
-        raise TechniqueError(f"quantize.onnx_dynamic_int8 failed for {model.path}: {exc}") from exc
+        raise TechniqueError(f"{step} failed for {source.parent}: {exc}") from exc
+
+
+@technique("quantize.onnx_dynamic_int8", DynamicInt8Config, accepts=("onnx",), produces="onnx")
+def quantize_dynamic_int8(
+    model: ModelRef, config: DynamicInt8Config, output_dir: Path, context: TechniqueContext
+) -> ModelRef:
+    """Quantize MatMul/Gemm weights to INT8 with onnxruntime.quantization.quantize_dynamic."""
+    dynamic_int8(
+        model.path / ONNX_FILE,
+        output_dir / ONNX_FILE,
+        per_channel=config.per_channel,
+        reduce_range=config.reduce_range,
+        weight_type=config.weight_type,
+    )
     copy_sidecars(model.path, output_dir)
     return ModelRef(path=output_dir, format="onnx")
 
