@@ -60,7 +60,9 @@ def machine() -> dict[str, Any]:
         ),
         platform.processor(),
     )
-    native = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    from tasks.compress.training import native_bf16
+
+    native = native_bf16()
     return {
         "device": "cpu",
         "name": f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",

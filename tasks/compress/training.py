@@ -140,17 +140,25 @@ def autocast(precision: Precision, device: torch.device) -> Iterator[None]:
     """bfloat16 autocast on `device` for `precision: bf16`; nothing for fp32."""
     import torch
 
-    if precision == "bf16" and device.type == "cpu" and not _native_bf16():
-        log.warning("bf16 requested but this CPU has no AMX or AVX-512 BF16: autocast runs, slowly")
+    if precision == "bf16" and device.type == "cpu" and not native_bf16():
+        _warn_slow_bf16()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         yield
 
 
-def _native_bf16() -> bool:
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix products natively (AMX or AVX-512 BF16); asked once."""
     import torch
 
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return bool(check()) if check is not None else False
+
+
+@functools.cache
+def _warn_slow_bf16() -> None:
+    # autocast is entered once per batch: say it once per process, not once per step.
+    log.warning("bf16 requested but this CPU has no AMX or AVX-512 BF16: autocast runs, slowly")
 
 
 @dataclass(frozen=True)
