@@ -8,6 +8,12 @@ INT8 of the full model (`onnx-int8-dynamic`), the default a team would pick.
 
     python bench/compression.py            # run, write bench/results/compression.json + .png
     python bench/compression.py --chart    # redraw the chart from the JSON only
+
+A recipe with a `search:` block runs its search first (cached points are reused); its front goes
+into the same interleaved timing as the hand-written variants, the trials into the JSON, and the
+search's own chart into `<name>-search.png`:
+
+    python bench/compression.py --recipe recipes/minilm-sentiment-search.yaml --name search
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tasks.demo.runner import demo_checkpoint
     from tasks.demo.teacher import TeacherConfig
     from tasks.flow.pipeline import baseline_model, prepare, publish, run_variant
+    from tasks.flow.search import run_search
     from tasks.gate.evaluate import metrics_of
     from tasks.gate.timing import TimedModel, TimingConfig, time_interleaved
     from tasks.intake.data import load_split
@@ -54,8 +61,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     teacher, uri = demo_checkpoint(settings, recipe, TeacherConfig())
 
     prepared = prepare(settings, args.recipe, uri, run_label=f"bench-{datetime.now(UTC):%Y%m%dT%H%M%S}")
-    outcomes = [run_variant(settings, prepared, v.name) for v in recipe.variants]
-    summary = publish(settings, prepared, outcomes)
+    searched = run_search(settings, prepared)  # nothing for a recipe without `search:`
+    outcomes = [run_variant(settings, prepared, v) for v in recipe.variants] + searched.outcomes
+    summary = publish(settings, prepared, outcomes, searched.record)
 
     models = [baseline_model(prepared.checkpoint)]
     models += [TimedModel(name=o.variant, model=o.model, key=o.model_key) for o in outcomes]
@@ -129,11 +137,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             and m.code_digest == code_digest("tasks.compress.training")
         ],
         "rows": rows,
+        "search": summary.search.model_dump(mode="json") if summary.search else None,
     }
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
-    from tasks.report.charts import ChartPoint, accuracy_latency_chart
+    from tasks.report.charts import ChartPoint, accuracy_latency_chart, search_chart
+    from tasks.search.study import SearchRecord
+
+    if results.get("search"):
+        record = SearchRecord.model_validate(results["search"])
+        search_chart(record, f"{results['recipe']} search", path.with_name(f"{path.stem}-search.png"))
 
     reference = next(r for r in results["rows"] if r["name"] == results["reference"])
     accuracy_latency_chart(
@@ -163,6 +177,22 @@ def table(results: dict[str, Any]) -> str:
             f"{r['speedup_vs_reference']:.2f}× | {r['size_mb']:.1f} | {r['produce_seconds'] or '—'} "
             f"| {gate} |"
         )
+    search = results.get("search")
+    if search:
+        front = set(search["front"])
+        timed = [r for r in results["rows"] if r["passed"]]
+        for kind, rows in (
+            ("search point", [r for r in timed if r["name"] in front]),
+            ("hand-written variant", [r for r in timed if r["name"] not in front]),
+        ):
+            best = max(rows, key=lambda r: r["speedup_vs_reference"], default=None)
+            lines.append(
+                f"\nfastest passing {kind}: "
+                + (f"{best['name']} {best['speedup_vs_reference']:.2f}× reference" if best else "none")
+            )
+        lines.append(
+            f"search: {len(search['trials'])} trials, {search['stopped']}, {search['seconds']:.0f} s"
+        )
     return "\n".join(lines)
 
 
@@ -184,16 +214,19 @@ def main() -> int:
         "--threads", type=int, default=0, help="intra-op threads per model (default: the recipe's timing)"
     )
     parser.add_argument("--chart", action="store_true", help="only redraw the chart from the JSON")
+    parser.add_argument(
+        "--name", default="compression", help="results file stem: bench/results/NAME.json, NAME.png"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path = RESULTS / "compression.json"
+    json_path = RESULTS / f"{args.name}.json"
     if args.chart:
         results = json.loads(json_path.read_text())
     else:
         results = run(args)
         json_path.write_text(json.dumps(results, indent=2) + "\n")
-    chart(results, RESULTS / "compression.png")
+    chart(results, RESULTS / f"{args.name}.png")
     print(table(results))
     return 0
 

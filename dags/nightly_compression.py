@@ -95,6 +95,24 @@ def nightly_compression() -> None:
             done = run_variant_job(SETTINGS, VariantJob.model_validate(job))
         return step_done(SETTINGS, "variant", done)
 
+    # The recipe's search under the gates, one checkpoint after another, in this task's process: its
+    # points are measured one at a time (Optuna proposes the next from the last), each through the
+    # same cached steps as a variant task. Nothing to do for a recipe without `search:`.
+    @task(trigger_rule="all_done")
+    def search(prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from tasks.flow import lineage
+        from tasks.flow.pipeline import Prepared
+        from tasks.flow.search import run_search
+
+        searched = []
+        for item in prepared:
+            with fail_fast_on_permanent_errors():
+                done = run_search(SETTINGS, Prepared.model_validate(item))
+            for outcome in done.outcomes:  # the front, which publish may register
+                lineage.variant_compressed(done.prepared, outcome)
+            searched.append(done.model_dump(mode="json"))
+        return searched
+
     # Publishing registers versions and may move `candidate`: fleet_release runs on this asset.
     @task(
         **(
@@ -105,19 +123,27 @@ def nightly_compression() -> None:
             }
         )
     )
-    def publish(results: list[dict[str, Any]], checkpoints: list[str]) -> list[dict[str, Any]]:
+    def publish(
+        results: list[dict[str, Any]], searches: list[dict[str, Any]] | None, checkpoints: list[str]
+    ) -> list[dict[str, Any]]:
         from tasks.flow import lineage
         from tasks.flow.pipeline import Prepared, VariantOutcome, publish
+        from tasks.flow.search import SearchDone
 
         by_checkpoint: dict[str, tuple[Prepared, list[VariantOutcome]]] = {}
         for item in results:
             prepared = Prepared.model_validate(item["prepared"])
             entry = by_checkpoint.setdefault(prepared.parent_run_id, (prepared, []))
             entry[1].append(VariantOutcome.model_validate(item["outcome"]))
+        # A failed search task leaves `searches` empty: publish then holds back every checkpoint
+        # whose recipe has a search, as it does one with an unfinished variant.
+        searched = {d.prepared.parent_run_id: d for d in map(SearchDone.model_validate, searches or [])}
         published, incomplete = [], []
         for prepared, outcomes in by_checkpoint.values():
+            done = searched.get(prepared.parent_run_id)
+            outcomes += done.outcomes if done else []
             try:
-                summary = publish(SETTINGS, prepared, outcomes)
+                summary = publish(SETTINGS, prepared, outcomes, done.record if done else None)
             except IncompleteRun as exc:  # the others still publish; this one is retried tomorrow
                 incomplete.append(str(exc))
                 continue
@@ -184,7 +210,7 @@ def nightly_compression() -> None:
             .expand_kwargs(variant_jobs.map(variant_launch))
             .output
         )
-    published = publish(variants, checkpoints)
+    published = publish(variants, search(prepared), checkpoints)
     engine_jobs = plan_engines(published)
     if SETTINGS.execution == "inprocess":
         engines = build_engine.expand(job=engine_jobs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from tasks.flow.engines import build_published_engines
-    from tasks.flow.pipeline import run_local
+    from tasks.flow.local import run_local
     from tasks.report.console import console, engine_table, print_summary
 
     settings = _settings(args)
@@ -175,8 +176,12 @@ def cmd_recipe_check(args: argparse.Namespace) -> int:
     from tasks.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
+    search = ""
+    if recipe.search is not None:
+        points = math.prod(len(choices) for choices in recipe.search.space.model_dump().values())
+        search = f", a search of up to {recipe.search.trials} of {points} points"
     print(
-        f"ok {args.recipe}: recipe {recipe.name}, {len(recipe.variants)} variants, "
+        f"ok {args.recipe}: recipe {recipe.name}, {len(recipe.variants)} variants{search}, "
         f"digest {recipe.digest[:12]}"
     )
     return 0

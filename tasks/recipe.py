@@ -1,5 +1,5 @@
-"""Recipes: the dataset, the variants (ordered technique steps), the gates, the side-by-side
-timing and the targets.
+"""Recipes: the dataset, the variants (ordered technique steps), the search under the gates, the
+gates, the side-by-side timing and the targets.
 
 A recipe is YAML mapped one-to-one onto these models, so a typo or an out-of-range value
 fails at load time with the field, the value and what is allowed.
@@ -23,6 +23,7 @@ from tasks.gate.gates import GateConfig, TargetBudget
 from tasks.gate.timing import TimingConfig
 from tasks.intake.data import DatasetConfig
 from tasks.intake.validation import ValidationConfig
+from tasks.search.space import SearchConfig
 
 
 class Step(Strict):
@@ -76,6 +77,9 @@ class Recipe(Strict):
         min_length=1, description="Targets (targets/<name>.yaml) engines are built for, with their budgets."
     )
     variants: list[Variant] = Field(min_length=1)
+    search: SearchConfig | None = Field(
+        None, description="Points of a space of students tried under the gates, beside the variants."
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> Recipe:
@@ -86,6 +90,16 @@ class Recipe(Strict):
             duplicates = sorted({n for n in names if names.count(n) > 1})
             if duplicates:
                 raise ValueError(f"{kind} names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    @model_validator(mode="after")
+    def _search_reference(self) -> Recipe:
+        names = [v.name for v in self.variants]
+        if self.search is not None and self.search.reference not in names:
+            raise ValueError(
+                f"search.reference {self.search.reference!r} is not a variant of the recipe; "
+                f"allowed: {', '.join(names)}"
+            )
         return self
 
     @model_validator(mode="after")

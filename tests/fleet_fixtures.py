@@ -124,7 +124,7 @@ def build_fleet_release(base: Path, names: Sequence[str] = RELEASE_NAMES) -> Fle
     (bench/fleet.py): the releases in `names` only, in RELEASE_NAMES order, numbered from 1; the
     scrambled engines are built only when `bad` is among them."""
     from tasks.flow.engines import build_engines
-    from tasks.flow.pipeline import run_local
+    from tasks.flow.local import run_local
 
     wanted = [n for n in RELEASE_NAMES if n in names]
     home = base / "home"

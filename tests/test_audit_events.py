@@ -14,7 +14,7 @@ from tasks.core.errors import CheckpointRefused, StoreError
 from tasks.core.settings import Settings
 from tasks.flow.audit_events import record_event
 from tasks.flow.engines import build_published_engines
-from tasks.flow.pipeline import run_local
+from tasks.flow.local import run_local
 from tasks.release.keys import generate_key_pair, load_public_key
 from tests.tiny import publish, write_target, write_tiny_recipe
 

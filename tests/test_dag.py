@@ -48,6 +48,7 @@ def test_dag_files_import_without_errors(settings):
         "publish",
         "record_engines",
         "run_variant",
+        "search",
     ]
     assert parsed["schedule"] == "0 2 * * *"
     assert parsed["retries"] == 3

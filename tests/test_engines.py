@@ -21,7 +21,7 @@ from tasks.engines.energy import energy_counter
 from tasks.engines.info import CanaryResult, read_info
 from tasks.engines.target import Requirements, Target, load_target, load_targets
 from tasks.flow.engines import build_engines, build_published_engines, latency_over_budget
-from tasks.flow.pipeline import run_local
+from tasks.flow.local import run_local
 from tasks.gate.gates import TargetBudget
 from tasks.registry.engines import engines_of, logged_outcomes
 from tasks.registry.versions import get_version

@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tasks.cli import main
-from tasks.flow.pipeline import run_local
+from tasks.flow.local import run_local
 from tasks.gate.candidate import RULE
 from tasks.gate.evaluate import EvalMetrics
 from tasks.gate.gates import BUDGET_TIMING, Interval

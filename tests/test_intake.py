@@ -24,7 +24,8 @@ from tasks.cli import main
 from tasks.core.errors import CheckpointRefused
 from tasks.core.models import load_classifier, load_tokenizer, save_classifier
 from tasks.core.settings import Settings
-from tasks.flow.pipeline import discover, run_local
+from tasks.flow.local import run_local
+from tasks.flow.pipeline import discover
 from tasks.intake.checkpoints import fetch, verify_folder
 from tasks.intake.refusals import refusals
 from tasks.recipe import load_recipe

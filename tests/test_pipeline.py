@@ -8,7 +8,8 @@ from mlflow import MlflowClient
 
 from tasks.core.errors import CheckpointRefused, DataValidationError
 from tasks.core.settings import Settings
-from tasks.flow.pipeline import discover, run_local
+from tasks.flow.local import run_local
+from tasks.flow.pipeline import discover
 from tasks.gate.candidate import RULE
 from tests.tiny import publish, write_tiny_recipe
 

@@ -14,7 +14,7 @@ from tasks.cli import main
 from tasks.compress.training import TrainItem, TrainSettings, train_student
 from tasks.core.models import load_classifier
 from tasks.core.settings import Settings
-from tasks.flow.pipeline import run_local
+from tasks.flow.local import run_local
 from tasks.intake.data import read_examples, split
 from tasks.recipe import load_recipe
 from tests.factories import make_checkpoint

@@ -124,7 +124,7 @@ def assert_registers_like_in_process(settings: Settings, recipe: Path, checkpoin
     step key names the version number, which follows the side-by-side timing's choice of candidate,
     and the .ort bytes of two builds differ: compared by target, runtime and precision)."""
     from tasks.flow.engines import build_published_engines
-    from tasks.flow.pipeline import run_local
+    from tasks.flow.local import run_local
 
     in_dag = registered_by_variant(settings)
     local = Settings(home=home)

@@ -16,7 +16,6 @@ from tasks.compress.techniques import get_technique
 from tasks.compress.training import TRAINING_LOG_FILE, TrainingLog, read_training_log
 from tasks.core.artifacts import StepResult, run_step
 from tasks.core.errors import CheckpointRefused, ConfigError, DataValidationError, IncompleteRun
-from tasks.core.locks import run_lock
 from tasks.core.models import ModelRef, model_size_bytes
 from tasks.core.settings import Settings
 from tasks.core.version import code_commit
@@ -43,7 +42,7 @@ from tasks.intake.validation import (
     validate_split_step,
     validate_unknown_tokens,
 )
-from tasks.recipe import Recipe, load_recipe
+from tasks.recipe import Recipe, Variant, load_recipe
 from tasks.registry import tracking
 from tasks.registry.versions import (
     RECIPE_ARTIFACT,
@@ -58,10 +57,9 @@ from tasks.registry.versions import (
 )
 from tasks.report.html import write_report
 from tasks.report.summary import Row, Summary
+from tasks.search.study import SearchRecord
 
 log = logging.getLogger(__name__)
-
-LOCAL_LABEL = "local-"  # run labels of `slimline run`; Airflow's are its DAG run ids
 
 
 class Prepared(BaseModel):
@@ -254,7 +252,7 @@ def check_predictions(recipe: Recipe, evaluation: StepResult, name: str) -> Vali
 
 
 def compress(
-    settings: Settings, recipe: Recipe, variant: str, checkpoint: VerifiedCheckpoint, split: StepResult
+    settings: Settings, recipe: Recipe, variant: Variant, checkpoint: VerifiedCheckpoint, split: StepResult
 ) -> tuple[ModelRef, list[StepResult]]:
     """Apply the variant's techniques in order, each a cached step keyed by its input model
     (and, for techniques that read data, by the split and the teacher checkpoint)."""
@@ -270,7 +268,7 @@ def compress(
     )
     model, key = teacher, checkpoint.digest
     results = []
-    for step in recipe.variant(variant).steps:
+    for step in variant.steps:
         spec = get_technique(step.technique)
         config = spec.config.model_validate(step.config)
         inputs = {"model": key}
@@ -416,8 +414,11 @@ def gate_lineage(prepared: Prepared, model_key: str) -> dict[str, str]:
     }
 
 
-def run_variant(settings: Settings, prepared: Prepared, variant: str) -> VariantOutcome:
-    """Compress, evaluate and gate one variant, and log it as a child run."""
+def run_variant(
+    settings: Settings, prepared: Prepared, variant: Variant, tags: dict[str, str] | None = None
+) -> VariantOutcome:
+    """Compress, evaluate and gate one variant (the recipe's, or a search point), and log it as a
+    child run with `tags` besides the verdict's."""
     started = time.perf_counter()
     recipe = load_checked_recipe(prepared.recipe_path, prepared.recipe_digest)
     model, step_results = compress(settings, recipe, variant, prepared.checkpoint, prepared.split)
@@ -425,18 +426,18 @@ def run_variant(settings: Settings, prepared: Prepared, variant: str) -> Variant
         settings, model, step_results[-1].key, prepared.split, recipe.dataset, recipe.evaluation
     )
     verdict, validation = gate_verdict(
-        settings, recipe, variant, prepared.baseline, evaluation, prepared.split
+        settings, recipe, variant.name, prepared.baseline, evaluation, prepared.split
     )
     metrics = metrics_of(evaluation)
-    steps = [s.technique for s in recipe.variant(variant).steps]
+    steps = [s.technique for s in variant.steps]
     trainings = {i: read_training_log(r.path) for i, r in enumerate(step_results)}
     run_id = tracking.log_variant_run(
         settings,
         recipe,
         prepared.parent_run_id,
-        variant,
+        variant.name,
         params={"steps": " > ".join(steps)}
-        | {f"step{i}.{s.technique}": s.config for i, s in enumerate(recipe.variant(variant).steps)},
+        | {f"step{i}.{s.technique}": s.config for i, s in enumerate(variant.steps)},
         metrics={
             "accuracy": metrics.accuracy,
             "accuracy_drop_pts": verdict.accuracy_drop.point,
@@ -447,7 +448,8 @@ def run_variant(settings: Settings, prepared: Prepared, variant: str) -> Variant
             "size_mb": metrics.size_bytes / 1e6,
         }
         | {f"recall_{k}": v for k, v in metrics.recall_per_class.items()},
-        tags={"passed": verdict.passed, "verdict": verdict.summary, "artifact_key": evaluation.key},
+        tags={"passed": verdict.passed, "verdict": verdict.summary, "artifact_key": evaluation.key}
+        | (tags or {}),
         json_artifacts={
             "gates.json": verdict.model_dump(mode="json"),
             VALIDATION_REPORT: validation.model_dump(mode="json"),
@@ -465,10 +467,10 @@ def run_variant(settings: Settings, prepared: Prepared, variant: str) -> Variant
         curves=training_curves(steps, trainings),
     )
     lineage = gate_lineage(prepared, step_results[-1].key)
-    audit_events.variant_gated(settings, variant, run_id, verdict, lineage, stage="gates")
+    audit_events.variant_gated(settings, variant.name, run_id, verdict, lineage, stage="gates")
     computed, reused = _count([*step_results, evaluation])
     return VariantOutcome(
-        variant=variant,
+        variant=variant.name,
         steps=steps,
         model=model,
         model_key=step_results[-1].key,
@@ -493,15 +495,25 @@ class VariantDone(BaseModel):
 
 def run_variant_job(settings: Settings, job: VariantJob) -> VariantDone:
     """A variant task's work, the same in-process, in a container or in a pod (`slimline step variant`)."""
-    return VariantDone(prepared=job.prepared, outcome=run_variant(settings, job.prepared, job.variant))
+    recipe = load_checked_recipe(job.prepared.recipe_path, job.prepared.recipe_digest)
+    outcome = run_variant(settings, job.prepared, recipe.variant(job.variant))
+    return VariantDone(prepared=job.prepared, outcome=outcome)
 
 
-def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcome]) -> Summary:
-    """Time the passing variants and the baseline side by side, judge latency budgets on that
-    timing, register the variants still passing (the candidate last, so the newest version is the
-    candidate), move the `candidate` alias to it, and close the parent run with a summary."""
+def publish(
+    settings: Settings,
+    prepared: Prepared,
+    outcomes: list[VariantOutcome],
+    search: SearchRecord | None = None,
+) -> Summary:
+    """Time the passing variants (the recipe's and the search's front) and the baseline side by
+    side, judge latency budgets on that timing, register the variants still passing (the candidate
+    last, so the newest version is the candidate), move the `candidate` alias to it, and close the
+    parent run with a summary. A recipe's search must have finished (`search`) like its variants."""
     recipe = load_checked_recipe(prepared.recipe_path, prepared.recipe_digest)
     missing = sorted({v.name for v in recipe.variants} - {o.variant for o in outcomes})
+    if recipe.search is not None and search is None:
+        missing.append("the search")
     if missing:
         tracking.finish_parent_run(
             settings, prepared.parent_run_id, {"status": f"incomplete: {', '.join(missing)}"}, status="FAILED"
@@ -556,7 +568,7 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
             },
         )
         versions[outcome.variant] = version
-        if new:
+        if new and version not in new_versions:  # a search point may be a hand-written variant
             new_versions.append(version)
             label = f"{tracking.registered_model_name(settings, recipe)}/{version}"
             audit_events.version_registered(settings, label, outcome.run_id, outcome.model_key)
@@ -607,6 +619,7 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
         steps_computed=prepared.steps_computed + sum(o.steps_computed for o in outcomes) + timing_computed,
         steps_reused=prepared.steps_reused + sum(o.steps_reused for o in outcomes) + timing_reused,
         refused=refusals(settings),
+        search=search,
     )
     validation = ValidationReport(
         suites=[*prepared.validation.suites, *(s for o in outcomes for s in o.validation.suites)]
@@ -624,22 +637,3 @@ def publish(settings: Settings, prepared: Prepared, outcomes: list[VariantOutcom
         },
     )
     return summary
-
-
-def run_local(settings: Settings, recipe_path: Path, checkpoint_uri: str) -> Summary:
-    """Every step for one checkpoint in this process: the DAG's work without Airflow.
-
-    One local run of a checkpoint with a recipe at a time: a second fails at once with
-    RunInProgress. A run that died (killed, machine lost) is resumed by the next: its parent run
-    continues, finished steps and child runs are reused, its registered versions found again."""
-    recipe = load_recipe(recipe_path)
-    checkpoint = fetch_checkpoint(settings, checkpoint_uri)
-    lock = settings.locks_dir / f"run-{checkpoint.digest[:24]}-{recipe.digest[:24]}.lock"
-    with run_lock(lock, f"checkpoint {checkpoint.uri} with recipe {recipe.name}"):
-        label = tracking.resume_dead_run(settings, recipe, checkpoint.digest, LOCAL_LABEL)
-        prepared = prepare(
-            settings, recipe_path, checkpoint_uri, label or f"{LOCAL_LABEL}{uuid.uuid4().hex[:12]}"
-        )
-        recipe = load_checked_recipe(prepared.recipe_path, prepared.recipe_digest)
-        outcomes = [run_variant(settings, prepared, v.name) for v in recipe.variants]
-        return publish(settings, prepared, outcomes)

@@ -7,6 +7,8 @@ from typing import BinaryIO
 
 from pydantic import BaseModel, Field
 
+from tasks.search.study import SearchRecord
+
 LEGEND = "green = passed its gates, hollow red = failed, blue = baseline"
 
 
@@ -82,5 +84,55 @@ def accuracy_latency_chart(
         fontsize=9,
     )
     ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path_or_buffer, format="png", dpi=120)
+
+
+def search_chart(record: SearchRecord, title: str, path_or_buffer: Path | str | BinaryIO) -> None:
+    """Write a PNG of a search: accuracy against the p50 speed-up over the reference, one marker
+    per point measured (green passed, hollow red failed; marker area ∝ size), the feasible
+    Pareto front joined by a line and labelled."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 5.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    measured = [t for t in record.trials if t.measured is not None and t.duplicate_of is None]
+    for trial in measured:
+        assert trial.measured is not None
+        colour = "tab:green" if trial.state == "passed" else "tab:red"
+        ax.scatter(
+            trial.measured.speedup,
+            100 * trial.measured.accuracy,
+            s=8 * trial.measured.size_mb + 20,
+            facecolors=colour if trial.state == "passed" else "none",
+            edgecolors=colour,
+            linewidths=1.5,
+            alpha=0.7,
+        )
+    front = sorted(
+        (m for t in measured if t.on_front and (m := t.measured) is not None), key=lambda m: m.speedup
+    )
+    if front:
+        ax.plot([m.speedup for m in front], [100 * m.accuracy for m in front], color="tab:green", linewidth=1)
+    for trial in measured:
+        if trial.on_front and trial.measured is not None:
+            ax.annotate(
+                trial.name.removeprefix("search-"),
+                (trial.measured.speedup, 100 * trial.measured.accuracy),
+                fontsize=8,
+                xytext=(6, 6),
+                textcoords="offset points",
+            )
+    ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel(f"p50 speed-up over {record.reference}, timed side by side (×)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(
+        f"{title}: {len(measured)} points measured, front joined\n"
+        "green = passed its gates, hollow red = failed; marker area ∝ size on disk",
+        fontsize=9,
+    )
+    ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path_or_buffer, format="png", dpi=120)

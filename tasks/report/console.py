@@ -1,4 +1,4 @@
-"""The variant table and the side-by-side timing table, as the terminal shows them."""
+"""The variant table, the side-by-side timing table and the search's trials, as the terminal shows them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from tasks.registry.engines import EngineOutcome
 from tasks.registry.versions import Recheck
 from tasks.report.summary import Row, Summary
 from tasks.report.terminal import console
+from tasks.search.study import SearchRecord
 
 
 def signed_interval(drop: Interval) -> str:
@@ -105,6 +106,83 @@ def timing_table(timing: TimingTable) -> Table:
     return table
 
 
+SEARCH_HEADERS = [
+    "#",
+    "point",
+    "result",
+    "accuracy",
+    "Δ acc upper pts",
+    "speed-up ×",
+    "size MB",
+    "seconds",
+    "front",
+]
+
+
+def search_rows(record: SearchRecord) -> list[list[str]]:
+    """One row per trial; a point proposed again shows the trial whose measurement it reuses."""
+    rows = []
+    for trial in record.trials:
+        m = trial.measured
+        result = trial.state if trial.duplicate_of is None else f"{trial.state} (as #{trial.duplicate_of})"
+        rows.append(
+            [
+                str(trial.number),
+                trial.name,
+                result if trial.state != "error" else f"error: {trial.reason.removeprefix('ERROR ')}",
+                f"{m.accuracy:.4f}" if m else "—",
+                f"{m.drop_high:+.2f}" if m else "—",
+                f"{m.speedup:.2f}" if m else "—",
+                f"{m.size_mb:.1f}" if m else "—",
+                f"{trial.seconds:.0f}",
+                "front" if trial.on_front else "",
+            ]
+        )
+    return rows
+
+
+def search_comparison(summary: Summary) -> str:
+    """The fastest search point against the fastest hand-written variant, in the run's own
+    side-by-side timing (the same rounds, against the same reference)."""
+    record, timing = summary.search, summary.timing
+    if record is None or timing is None:
+        return ""
+    timed = {m.name: m.p50_ms for m in timing.models}
+    passing = [r for r in summary.rows if r.passed and r.name in timed]
+    searched = [r for r in passing if r.name in record.front]
+    written = [r for r in passing if r.name not in record.front]
+    reference = timed.get(record.reference)
+
+    def describe(kind: str, rows: list[Row]) -> str:
+        if not rows:
+            return f"no {kind} passed"
+        best = min(rows, key=lambda r: timed[r.name])
+        ratio = f", {reference / timed[best.name]:.2f}× {record.reference}" if reference else ""
+        upper = f", Δ acc upper {best.drop.high:+.2f} pts" if best.drop else ""
+        return (
+            f"fastest {kind}: {best.name}, p50 {timed[best.name]:.2f} ms{ratio}, accuracy "
+            f"{best.metrics.accuracy:.4f}{upper}, {best.metrics.size_bytes / 1e6:.1f} MB"
+        )
+
+    return (
+        f"In this run's side-by-side timing: {describe('search point', searched)}; "
+        f"{describe('hand-written variant', written)}."
+    )
+
+
+def search_table(record: SearchRecord) -> Table:
+    front = ", ".join(record.front) or "empty"
+    table = Table(
+        title=f"search: {len(record.trials)} trials, {record.stopped}, front {front}",
+        title_justify="left",
+    )
+    for column in SEARCH_HEADERS:
+        table.add_column(column, justify="left" if column in ("point", "result", "front") else "right")
+    for cells in search_rows(record):
+        table.add_row(*cells)
+    return table
+
+
 def print_summary(summary: Summary, out: Console | None = None) -> None:
     out = out or console()
     out.print(variant_table(summary))
@@ -112,6 +190,9 @@ def print_summary(summary: Summary, out: Console | None = None) -> None:
         out.print(timing_table(summary.timing))
         out.print(f"candidate: {summary.candidate_reason}")
         out.print(f"rule: {RULE} {BUDGET_TIMING}")
+    if summary.search is not None:
+        out.print(search_table(summary.search))
+        out.print(search_comparison(summary))
     out.print(versions_text(summary))
     for refusal in summary.refused:
         out.print(f"refused: {refusal.reason}", markup=False, highlight=False)

@@ -22,12 +22,15 @@ from tasks.intake.validation import REPORT as VALIDATION_ARTIFACT
 from tasks.intake.validation import SuiteResult, ValidationReport
 from tasks.registry import tracking
 from tasks.registry.engines import EngineOutcome
-from tasks.report.charts import ChartPoint, accuracy_latency_chart
+from tasks.report.charts import ChartPoint, accuracy_latency_chart, search_chart
 from tasks.report.console import (
     ENGINE_HEADERS,
+    SEARCH_HEADERS,
     TIMING_HEADERS,
     engine_notes,
     engine_rows,
+    search_comparison,
+    search_rows,
     signed_interval,
     timing_caption,
     timing_rows,
@@ -161,6 +164,45 @@ def _timing(summary: Summary) -> str:
     )
 
 
+OBJECTIVE_TEXT = {
+    "accuracy": "maximise accuracy",
+    "latency": "maximise the p50 speed-up over the reference",
+    "size": "minimise size",
+}
+
+
+def _search(summary: Summary) -> str:
+    record = summary.search
+    if record is None:
+        return ""
+    buffer = io.BytesIO()
+    search_chart(record, f"{summary.recipe} search", buffer)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    cells = [
+        [td(text, "" if i in (1, 2, 8) else "num") for i, text in enumerate(row)]
+        for row in search_rows(record)
+    ]
+    measured = sum(t.duplicate_of is None for t in record.trials)
+    return "\n".join(
+        [
+            "<h2>Search under the gates</h2>",
+            f"<p>{len(record.trials)} trials ({measured} points measured, the others proposed again and "
+            f"answered from their first measurement), stopped at the {escape(record.stopped)}, "
+            f"{record.seconds:.0f} s; {escape(record.sampler)}. Objectives: "
+            f"{escape(', '.join(OBJECTIVE_TEXT[o] for o in record.objectives))}; every point timed side by "
+            f"side with <code>{escape(record.reference)}</code>; the gates are constraints. The feasible "
+            "Pareto front goes on to the run's side-by-side timing above and is registered like any "
+            "variant.</p>",
+            f'<figure><img src="data:image/png;base64,{data}" alt="accuracy against speed-up of every '
+            'point the search measured, Pareto front joined"><figcaption>Each point measured: accuracy '
+            "against its p50 speed-up over the reference; green passed its gates, hollow red failed; "
+            "marker area ∝ size. The feasible Pareto front is joined and labelled.</figcaption></figure>",
+            table(SEARCH_HEADERS, cells),
+            f"<p>{escape(search_comparison(summary))}</p>",
+        ]
+    )
+
+
 def _failed_expectations(suite: SuiteResult) -> str:
     rows = [
         [
@@ -280,6 +322,7 @@ def render_html(
             _variants(summary),
             _timing(summary),
             _chart(summary),
+            _search(summary),
             _engines(engines),
             _validation(validation),
             _refused(summary),

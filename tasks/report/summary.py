@@ -10,6 +10,7 @@ from tasks.gate.evaluate import EvalMetrics
 from tasks.gate.gates import Interval
 from tasks.gate.timing import TimingTable
 from tasks.intake.refusals import Refusal
+from tasks.search.study import SearchRecord
 
 
 class Row(BaseModel):
@@ -47,3 +48,4 @@ class Summary(BaseModel):
     steps_computed: int
     steps_reused: int
     refused: list[Refusal] = []  # checkpoints in this home refused so far, each with its reason
+    search: SearchRecord | None = None  # the recipe's search under the gates, when it has one

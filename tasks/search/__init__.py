@@ -1,0 +1,1 @@
+"""Search under the gates: the space of compressed students and Optuna's loop over it."""
