@@ -18,7 +18,9 @@ from tasks.compress.training import (
     TEACHER_LOGITS_FILE,
     TrainItem,
     TrainSettings,
+    native_bf16,
     read_training_log,
+    resolve_precision,
     teacher_logits,
     train_student,
 )
@@ -216,6 +218,20 @@ def test_bf16_distillation_learns_as_fp32_does_and_keeps_float32_weights(tmp_pat
     assert not np.array_equal(bf16.values, fp32.values)
 
 
+def test_auto_precision_trains_in_bf16_only_where_the_cpu_has_it(tmp_path, context, checkpoints):
+    base = ModelRef(path=checkpoints[0], format="hf")
+    config = DistillConfig(layers=[0, 2], precision="auto", **FAST)
+    student = distill_student(base, config, out_dir(tmp_path, "auto"), context)
+    expected = "bf16" if native_bf16() else "fp32"
+    assert report(student.path)["precision"] == expected == resolve_precision("auto")
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+    # The soft targets are those of the precision that ran, shared with a step that asked for it.
+    assert (
+        report(student.path)["teacher_logits_keys"]
+        == teacher_logits(context, rows=180, precision=expected).keys
+    )
+
+
 def test_hidden_and_attention_losses_on_a_head_pruned_student(tmp_path, context):
     pruned = prune_heads(
         context.teacher, HeadPruningConfig(importance_batches=1), out_dir(tmp_path, "h"), context
@@ -279,7 +295,7 @@ def test_a_student_deeper_than_its_teacher_is_refused(tmp_path):
         ({"hidden_weight": -1}, r"hidden_weight\n.*greater than or equal to 0"),
         ({"transfer_examples": -1}, r"transfer_examples\n.*greater than or equal to 0"),
         ({"student_layers": [0]}, r"student_layers\n.*Extra inputs are not permitted"),
-        ({"precision": "fp16"}, r"precision\n.*Input should be 'fp32' or 'bf16'"),
+        ({"precision": "fp16"}, r"precision\n.*Input should be 'fp32', 'bf16' or 'auto'"),
     ],
 )
 def test_distill_config_names_the_field_and_what_is_allowed(values, message):

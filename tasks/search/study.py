@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -94,12 +95,14 @@ def run_study(config: SearchConfig, measure: Callable[[Point], Measured]) -> Sea
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(
-        seed=config.seed,
-        n_startup_trials=config.startup_trials,
-        multivariate=True,
-        constraints_func=lambda trial: trial.user_attrs[CONSTRAINTS],
-    )
+    with warnings.catch_warnings():  # both arguments are marked experimental since Optuna 3
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            seed=config.seed,
+            n_startup_trials=config.startup_trials,
+            multivariate=True,
+            constraints_func=lambda trial: trial.user_attrs[CONSTRAINTS],
+        )
     study = optuna.create_study(directions=_directions(config), sampler=sampler)
     for start in config.start:
         study.enqueue_trial(start)

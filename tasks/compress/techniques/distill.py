@@ -90,6 +90,7 @@ def distill_student(
         TrainItem,
         TrainSettings,
         finish_training,
+        resolve_precision,
         teacher_logits,
         train_student,
     )
@@ -131,9 +132,10 @@ def distill_student(
     transfer = train[len(labelled) : len(labelled) + config.transfer_examples]
     items = [TrainItem(e.text, e.label) for e in labelled] + [TrainItem(e.text, None) for e in transfer]
     logits, cached = None, None
+    precision = resolve_precision(config.precision)
     if config.kl_weight > 0:
         # Labelled then transfer: the split's first rows, in order.
-        cached = teacher_logits(context, rows=len(items), precision=config.precision)
+        cached = teacher_logits(context, rows=len(items), precision=precision)
         logits = cached.values
     teacher = None
     if config.hidden_weight > 0 or config.attention_weight > 0:
@@ -148,7 +150,7 @@ def distill_student(
         hidden_weight=config.hidden_weight,
         attention_weight=config.attention_weight,
         seed=config.seed,
-        precision=config.precision,
+        precision=precision,
     )
     tokenizer = load_tokenizer(model.path)
     training = train_student(

@@ -339,6 +339,7 @@ def finetune_recover(
         TrainItem,
         TrainSettings,
         finish_training,
+        resolve_precision,
         teacher_logits,
         train_student,
     )
@@ -348,7 +349,8 @@ def finetune_recover(
     tokenizer = load_tokenizer(model.path)
     examples = load_split(context.split_dir, "train")[: config.max_examples]
     items = [TrainItem(e.text, e.label) for e in examples]
-    cached = teacher_logits(context, rows=len(items), precision=config.precision)
+    precision = resolve_precision(config.precision)
+    cached = teacher_logits(context, rows=len(items), precision=precision)
     logits = cached.values
     if logits.shape[1] != int(network.config.num_labels):
         raise TechniqueError(
@@ -363,7 +365,7 @@ def finetune_recover(
         kl_weight=config.alpha,
         hard_weight=1 - config.alpha,
         seed=config.seed,
-        precision=config.precision,
+        precision=precision,
     )
     training = train_student(
         network,
