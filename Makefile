@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: env system tools fetch-tools demo test test-fast lint chart images bench bench-engines bench-agent bench-fleet bench-audit \
+.PHONY: env system tools fetch-tools demo test test-fast lint chart images bench bench-search bench-engines bench-agent bench-fleet bench-audit \
 	bench-charts bench-execution bench-nightly bench-training clean podman-api podman-api-stop \
 	k8s-build k8s-up k8s-down test-k8s
 
@@ -155,6 +155,12 @@ bench: env
 bench-engines: env
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/engines_cpu.py
 
+# The demo's search (recipes/minilm-sentiment-search.yaml: reference, hand-written best, low rank
+# and 12 search points under the bar's gates) with every passing row timed side by side:
+# bench/results/search.json, search.png and search-front.png (the trials).
+bench-search: env
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/compression.py --recipe recipes/minilm-sentiment-search.yaml --name search
+
 # The edge agent's memory and package footprint serving the candidate's release (after `make demo`):
 # bench/results/agent-footprint.json and .png.
 bench-agent: env
@@ -191,6 +197,8 @@ bench-training: env
 # Redraw the benchmark charts from the committed JSON.
 bench-charts: env
 	$(BIN)/python bench/compression.py --chart
+	$(BIN)/python bench/compression.py --name search --chart
+	$(BIN)/python bench/sparsity_gpu.py chart
 	$(BIN)/python bench/engines_cpu.py --chart
 	$(BIN)/python bench/agent_footprint.py --chart
 	$(BIN)/python bench/fleet.py --chart

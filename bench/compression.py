@@ -11,7 +11,7 @@ INT8 of the full model (`onnx-int8-dynamic`), the default a team would pick.
 
 A recipe with a `search:` block runs its search first (cached points are reused); its front goes
 into the same interleaved timing as the hand-written variants, the trials into the JSON, and the
-search's own chart into `<name>-search.png`:
+search's own chart into `<name>-front.png`:
 
     python bench/compression.py --recipe recipes/minilm-sentiment-search.yaml --name search
 """
@@ -147,7 +147,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     if results.get("search"):
         record = SearchRecord.model_validate(results["search"])
-        search_chart(record, f"{results['recipe']} search", path.with_name(f"{path.stem}-search.png"))
+        search_chart(record, f"{results['recipe']} search", path.with_name(f"{path.stem}-front.png"))
 
     reference = next(r for r in results["rows"] if r["name"] == results["reference"])
     accuracy_latency_chart(

@@ -20,14 +20,16 @@ from tasks.compress.techniques.prune import (
     LayerPruningConfig,
     MagnitudePruningConfig,
     RecoveryConfig,
+    SemiStructuredConfig,
     finetune_recover,
     prune_ffn,
     prune_heads,
     prune_layers,
     prune_magnitude,
+    prune_semi_structured,
 )
 from tasks.core.errors import TechniqueError
-from tasks.core.models import ModelRef, load_classifier
+from tasks.core.models import ATTENTION_PROJECTIONS, FFN_PROJECTIONS, PROJECTIONS, ModelRef, load_classifier
 from tests.factories import make_checkpoint
 from tests.test_techniques import TEXTS, onnx_logits, torch_logits
 from tests.tiny import make_context
@@ -84,6 +86,7 @@ def test_techniques_are_registered_with_their_data_needs():
         "prune.ffn": True,
         "prune.layers": False,
         "prune.magnitude": False,
+        "prune.semi_structured": False,
         "finetune.recover": True,
         "distill.student": True,
     }
@@ -247,6 +250,73 @@ def test_magnitude_pruning_reaches_its_sparsity(tmp_path, context, sparsity):
     assert_onnx_matches(tmp_path, context, pruned)
 
 
+def projection_weights(folder: Path, names: tuple[str, ...]) -> list[torch.Tensor]:
+    model = stock(folder)
+    return [
+        layer.get_submodule(name).weight.detach().clone()
+        for layer in model.bert.encoder.layer
+        for name in names
+    ]
+
+
+def assert_two_of_four(weight: torch.Tensor) -> None:
+    groups = weight.reshape(weight.shape[0], -1, 4)
+    assert bool(((groups == 0).sum(dim=-1) >= 2).all())
+
+
+def test_semi_structured_pruning_leaves_two_of_every_four_weights(tmp_path, context):
+    before = projection_weights(context.teacher.path, FFN_PROJECTIONS)
+    pruned = prune_semi_structured(
+        context.teacher, SemiStructuredConfig(targets="attention"), out_dir(tmp_path, "24"), context
+    )
+    for weight, original in zip(
+        projection_weights(pruned.path, ATTENTION_PROJECTIONS),
+        projection_weights(context.teacher.path, ATTENTION_PROJECTIONS),
+        strict=True,
+    ):
+        assert_two_of_four(weight)
+        # The two kept in each group are the two of largest magnitude, unchanged.
+        kept = weight != 0
+        assert torch.equal(weight[kept], original[kept])
+        groups = original.abs().reshape(original.shape[0], -1, 4)
+        dropped_max = groups.masked_fill(kept.reshape(groups.shape), -1).amax(dim=-1)
+        kept_min = groups.masked_fill(~kept.reshape(groups.shape), float("inf")).amin(dim=-1)
+        assert bool((dropped_max <= kept_min).all())
+    # Not targeted: the feed-forward projections are untouched.
+    for weight, original in zip(projection_weights(pruned.path, FFN_PROJECTIONS), before, strict=True):
+        assert torch.equal(weight, original)
+    found = report(pruned.path)
+    assert found["pattern"] == "2:4" and found["sparsity"] == 0.5
+    assert_onnx_matches(tmp_path, context, pruned)
+
+
+def test_recovery_with_keep_zeros_trains_the_kept_weights_and_keeps_the_pattern(tmp_path, context):
+    pruned = prune_semi_structured(context.teacher, SemiStructuredConfig(), out_dir(tmp_path, "24"), context)
+    sparse = projection_weights(pruned.path, PROJECTIONS)
+    config = RecoveryConfig(epochs=1, max_examples=64, batch_size=16, learning_rate=1e-3)
+    kept = finetune_recover(
+        pruned, config.model_copy(update={"keep_zeros": True}), out_dir(tmp_path, "k"), context
+    )
+    for weight, start in zip(projection_weights(kept.path, PROJECTIONS), sparse, strict=True):
+        assert torch.equal(weight == 0, start == 0)  # the same zeros, no more, no fewer
+        assert not torch.equal(weight, start)  # and the kept weights trained
+    # Without it AdamW's updates fill the zeros in: the pattern is lost.
+    free = finetune_recover(pruned, config, out_dir(tmp_path, "f"), context)
+    assert any(
+        not bool(((w.reshape(w.shape[0], -1, 4) == 0).sum(-1) >= 2).all())
+        for w in projection_weights(free.path, PROJECTIONS)
+    )
+
+
+def test_semi_structured_pruning_needs_inputs_in_groups_of_four(tmp_path):
+    checkpoint = make_checkpoint(tmp_path / "odd", layers=1, hidden=30, heads=2)
+    context = make_context(tmp_path / "data", checkpoint)
+    with pytest.raises(
+        TechniqueError, match=r"has 30 inputs, not a multiple of 4; the 2:4 pattern needs groups"
+    ):
+        prune_semi_structured(context.teacher, SemiStructuredConfig(), out_dir(tmp_path, "bad"), context)
+
+
 def test_recovery_keeps_pruned_heads_dead_and_reuses_teacher_logits(tmp_path, context):
     pruned = prune_heads(
         context.teacher, HeadPruningConfig(importance_batches=1), out_dir(tmp_path, "h"), context
@@ -284,6 +354,11 @@ def test_recovery_keeps_pruned_heads_dead_and_reuses_teacher_logits(tmp_path, co
         (MagnitudePruningConfig, {"sparsity": -0.1}, r"sparsity\n.*greater than or equal to 0"),
         (RecoveryConfig, {"alpha": 1.5}, r"alpha\n.*less than or equal to 1"),
         (RecoveryConfig, {"epocs": 2}, r"epocs\n.*Extra inputs are not permitted"),
+        (
+            SemiStructuredConfig,
+            {"targets": "embeddings"},
+            r"targets\n.*Input should be 'attention', 'ffn' or 'both'",
+        ),
     ],
 )
 def test_configs_name_the_field_and_what_is_allowed(config, values, message):

@@ -42,6 +42,7 @@ from tqdm import tqdm
 from tasks.core.artifacts import StepResult, run_step
 from tasks.core.errors import TechniqueError
 from tasks.core.inference import length_batches, token_lengths
+from tasks.core.models import PROJECTIONS, encoder_layers, get_submodule, is_low_rank
 
 if TYPE_CHECKING:
     import numpy as np
@@ -92,6 +93,7 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     seed: int = 0
     precision: Arithmetic = "fp32"
+    keep_zeros: bool = False  # encoder projection weights that start at zero stay zero (sparsity)
 
 
 class TrainingLog(BaseModel):
@@ -150,7 +152,7 @@ def autocast(precision: Arithmetic, device: torch.device) -> Iterator[None]:
 
 def resolve_precision(precision: Precision) -> Arithmetic:
     """What `auto` means here: bf16 on a CPU with native bf16, fp32 elsewhere. A CPU without it runs
-    bf16 autocast many times slower than fp32 (about 11× for the teacher's logits on a 2-core AMD
+    bf16 autocast several times slower than fp32 (the teacher's logits about 6× on a 2-core AMD
     EPYC); on a GPU the demo's batches of short tweets trained 3.4× slower in bf16 (an H200)."""
     if precision != "auto":
         return precision
@@ -346,6 +348,19 @@ def train_student(
         student.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=True
     )
     schedule = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
+    # A sparse model's pattern: re-applied after every optimizer step (AdamW's decay and moments
+    # would otherwise move the zeros).
+    masks = (
+        [
+            (weight, weight != 0)
+            for layer in encoder_layers(student)
+            for name in PROJECTIONS
+            if not is_low_rank(module := get_submodule(layer, name))
+            for weight in [module.weight]
+        ]
+        if settings.keep_zeros
+        else []
+    )
     soft_targets = torch.from_numpy(logits).float().to(device) if logits is not None else None
     temperature = settings.temperature
     if reference_model is not None:
@@ -418,6 +433,9 @@ def train_student(
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(student.parameters(), settings.max_grad_norm)
                 optimizer.step()
+                with torch.no_grad():
+                    for weight, mask in masks:
+                        weight.mul_(mask)
                 schedule.step()
                 optimizer.zero_grad()
                 step += 1

@@ -47,7 +47,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".data")  # .data: ONNX external wei
 PRUNED_HEADS_KEY = "slimline_pruned_heads"
 SOURCE_LAYERS_KEY = "slimline_source_layers"
 LOW_RANK_KEY = "slimline_low_rank"
-# Projections of an encoder layer that lowrank.svd may factorize, by their path in the layer.
+# Projections of an encoder layer (lowrank.svd, prune.semi_structured), by their path in the layer.
 ATTENTION_PROJECTIONS = (
     "attention.self.query",
     "attention.self.key",
@@ -56,6 +56,14 @@ ATTENTION_PROJECTIONS = (
 )
 FFN_PROJECTIONS = ("intermediate.dense", "output.dense")
 PROJECTIONS = ATTENTION_PROJECTIONS + FFN_PROJECTIONS
+ProjectionTargets = Literal["attention", "ffn", "both"]
+
+
+def projections(targets: ProjectionTargets) -> tuple[str, ...]:
+    """The projection paths a technique's `targets` names: attention (q/k/v/output), ffn, or both."""
+    return {"attention": ATTENTION_PROJECTIONS, "ffn": FFN_PROJECTIONS, "both": PROJECTIONS}[targets]
+
+
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 REPORT_FILE = "technique_report.json"

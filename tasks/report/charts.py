@@ -90,8 +90,8 @@ def accuracy_latency_chart(
 
 def search_chart(record: SearchRecord, title: str, path_or_buffer: Path | str | BinaryIO) -> None:
     """Write a PNG of a search: accuracy against the p50 speed-up over the reference, one marker
-    per point measured (green passed, hollow red failed; marker area ∝ size), the feasible
-    Pareto front joined by a line and labelled."""
+    per point measured (green passed, hollow red failed; marker area ∝ size) labelled with its trial
+    number, the feasible Pareto front joined by a line and named in bold."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -117,11 +117,14 @@ def search_chart(record: SearchRecord, title: str, path_or_buffer: Path | str | 
     if front:
         ax.plot([m.speedup for m in front], [100 * m.accuracy for m in front], color="tab:green", linewidth=1)
     for trial in measured:
-        if trial.on_front and trial.measured is not None:
+        if trial.measured is not None:
             ax.annotate(
-                trial.name.removeprefix("search-"),
+                f"#{trial.number} {trial.name.removeprefix('search-')}"
+                if trial.on_front
+                else f"#{trial.number}",
                 (trial.measured.speedup, 100 * trial.measured.accuracy),
                 fontsize=8,
+                fontweight="bold" if trial.on_front else "normal",
                 xytext=(6, 6),
                 textcoords="offset points",
             )
@@ -129,7 +132,7 @@ def search_chart(record: SearchRecord, title: str, path_or_buffer: Path | str | 
     ax.set_xlabel(f"p50 speed-up over {record.reference}, timed side by side (×)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(
-        f"{title}: {len(measured)} points measured, front joined\n"
+        f"{title}: {len(measured)} points measured (#trial), the front joined and named\n"
         "green = passed its gates, hollow red = failed; marker area ∝ size on disk",
         fontsize=9,
     )

@@ -196,7 +196,8 @@ def _search(summary: Summary) -> str:
             f'<figure><img src="data:image/png;base64,{data}" alt="accuracy against speed-up of every '
             'point the search measured, Pareto front joined"><figcaption>Each point measured: accuracy '
             "against its p50 speed-up over the reference; green passed its gates, hollow red failed; "
-            "marker area ∝ size. The feasible Pareto front is joined and labelled.</figcaption></figure>",
+            "marker area ∝ size; #N is the trial in the table below. The feasible Pareto front is joined "
+            "and named.</figcaption></figure>",
             table(SEARCH_HEADERS, cells),
             f"<p>{escape(search_comparison(summary))}</p>",
         ]

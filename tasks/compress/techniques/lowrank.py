@@ -23,22 +23,22 @@ import heapq
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, model_validator
 
 from tasks.compress.technique import TechniqueConfig, TechniqueContext, technique
 from tasks.core.errors import TechniqueError
 from tasks.core.models import (
-    ATTENTION_PROJECTIONS,
-    FFN_PROJECTIONS,
     ModelRef,
+    ProjectionTargets,
     encoder_layers,
     get_submodule,
     is_low_rank,
     load_classifier,
     load_tokenizer,
     low_rank_pair,
+    projections,
     save_classifier,
     set_submodule,
     write_report,
@@ -63,7 +63,7 @@ class LowRankConfig(TechniqueConfig):
         description="Instead of energy: share of the targeted matrices' weights kept, ranks chosen globally.",
     )
     min_rank: int = Field(1, ge=1, le=65_536, description="Smallest rank a factorized matrix gets.")
-    targets: Literal["attention", "ffn", "both"] = Field(
+    targets: ProjectionTargets = Field(
         "both", description="Projections factorized: attention (q/k/v/output), ffn (intermediate/output)."
     )
 
@@ -82,14 +82,6 @@ class LowRankConfig(TechniqueConfig):
                 "exactly one of energy (per-matrix rule) or keep_params (global budget)"
             )
         return self
-
-    @property
-    def projections(self) -> tuple[str, ...]:
-        return {
-            "attention": ATTENTION_PROJECTIONS,
-            "ffn": FFN_PROJECTIONS,
-            "both": ATTENTION_PROJECTIONS + FFN_PROJECTIONS,
-        }[self.targets]
 
 
 @dataclass
@@ -193,7 +185,7 @@ def lowrank_svd(
     matrices: list[Matrix] = []
     factors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     for index, layer in enumerate(layers):
-        for name in config.projections:
+        for name in projections(config.targets):
             dense = get_submodule(layer, name)
             if is_low_rank(dense):
                 raise TechniqueError(

@@ -43,15 +43,19 @@ from tasks.compress.technique import TechniqueConfig, TechniqueContext, techniqu
 from tasks.compress.training import PRECISION_FIELD, Precision
 from tasks.core.errors import TechniqueError
 from tasks.core.models import (
+    PROJECTIONS,
     PRUNED_HEADS_KEY,
     ModelRef,
+    ProjectionTargets,
     encoder_layers,
+    get_submodule,
     head_dim,
     is_low_rank,
     keep_layers,
     live_heads,
     load_classifier,
     load_tokenizer,
+    projections,
     pruned_heads,
     save_classifier,
     source_layers,
@@ -314,6 +318,76 @@ def prune_magnitude(
     return ModelRef(path=output_dir, format="hf")
 
 
+# --- prune.semi_structured ------------------------------------------------------------------
+
+SEMI_STRUCTURED_GROUP = 4  # 2:4: two of every four consecutive input weights of an output row kept
+SEMI_STRUCTURED_KEPT = 2
+
+
+class SemiStructuredConfig(TechniqueConfig):
+    targets: ProjectionTargets = Field(
+        "both", description="Projections pruned: attention (q/k/v/output), ffn (intermediate/output), both."
+    )
+
+
+def two_of_four(network: Any, targets: ProjectionTargets) -> tuple[int, int]:
+    """Zero the two smallest-|w| weights of every group of four consecutive inputs of the targeted
+    encoder projections, in place; return (zero weights, targeted weights)."""
+    import torch
+
+    layers = encoder_layers(network)
+    if any(is_low_rank(get_submodule(layer, name)) for layer in layers for name in PROJECTIONS):
+        raise TechniqueError(
+            "prune.semi_structured: the model has low-rank projections; prune before lowrank.svd"
+        )
+    weights = []
+    with torch.no_grad():
+        for layer in layers:
+            for name in projections(targets):
+                weight = get_submodule(layer, name).weight
+                rows, columns = weight.shape
+                if columns % SEMI_STRUCTURED_GROUP:
+                    raise TechniqueError(
+                        f"prune.semi_structured: {name} has {columns} inputs, not a multiple of "
+                        f"{SEMI_STRUCTURED_GROUP}; the 2:4 pattern needs groups of four"
+                    )
+                groups = weight.reshape(rows, columns // SEMI_STRUCTURED_GROUP, SEMI_STRUCTURED_GROUP)
+                smallest = groups.abs().argsort(dim=-1)[..., : SEMI_STRUCTURED_GROUP - SEMI_STRUCTURED_KEPT]
+                groups.scatter_(-1, smallest, 0.0)
+                weights.append(weight)
+    return sum(int((w == 0).sum()) for w in weights), sum(w.numel() for w in weights)
+
+
+@technique("prune.semi_structured", SemiStructuredConfig, accepts=("hf",), produces="hf")
+def prune_semi_structured(
+    model: ModelRef, config: SemiStructuredConfig, output_dir: Path, context: TechniqueContext
+) -> ModelRef:
+    """2:4 structured sparsity: in every group of four consecutive input weights of each targeted
+    encoder projection, the two of smallest |w| set to zero.
+
+    It is the pattern NVIDIA's sparse tensor cores (Ampere and later) run, through TensorRT's sparse
+    weights or PyTorch's semi-structured kernels (torch.sparse.to_sparse_semi_structured); dense
+    runtimes, CPUs included, run it as fast as before. The weights keep their dense shape (zeros
+    explicit), so follow it with `finetune.recover` and `keep_zeros: true`, which trains the kept
+    weights and leaves the pattern intact.
+    """
+    network = load_classifier(model.path)
+    zeros, pruned = two_of_four(network, config.targets)
+    save_classifier(network, load_tokenizer(model.path), output_dir)
+    write_report(
+        output_dir,
+        {
+            "pattern": "2:4",
+            "targets": config.targets,
+            "weights": pruned,
+            "zeros": zeros,
+            "sparsity": zeros / pruned,
+        },
+    )
+    log.info("prune.semi_structured: %d of %d targeted weights zero (2:4)", zeros, pruned)
+    return ModelRef(path=output_dir, format="hf")
+
+
 # --- finetune.recover -----------------------------------------------------------------------
 
 
@@ -328,6 +402,11 @@ class RecoveryConfig(TechniqueConfig):
     max_examples: int = Field(6000, ge=1, le=1_000_000, description="Training examples used (first N).")
     seed: int = Field(0, description="Seed for shuffling and dropout.")
     precision: Precision = PRECISION_FIELD
+    keep_zeros: bool = Field(
+        False,
+        description="Keep the encoder projections' zero weights at zero (after prune.semi_structured or "
+        "prune.magnitude), so recovery trains the kept weights and the sparsity pattern survives.",
+    )
 
 
 @technique("finetune.recover", RecoveryConfig, accepts=("hf",), produces="hf", uses_data=True)
@@ -366,6 +445,7 @@ def finetune_recover(
         hard_weight=1 - config.alpha,
         seed=config.seed,
         precision=precision,
+        keep_zeros=config.keep_zeros,
     )
     training = train_student(
         network,
