@@ -5,7 +5,8 @@ Speed (`speed`): a MiniLM-L6-shaped BERT (the GPU engine benchmark's shape, rand
 inputs) pruned to 2:4 by `prune.semi_structured`'s own function, in FP16 on the GPU. Dense runs the
 pruned weights as ordinary tensors; sparse replaces every encoder projection's weight by
 torch.sparse.to_sparse_semi_structured (cuSPARSELt or CUTLASS). Both eager and torch.compile'd
-(the dense compiled model is what the torch-cuda engine runs), at batch 1 (latency) and 64 and 256
+(default options; the torch-cuda engine exports first and compiles with its own settings), at
+batch 1 (latency) and 64 and 256
 (throughput), in two interleaved rounds; energy from NVML where the counter exists. Then the single
 projections alone, dense against sparse, at the demo's and at larger shapes.
 

@@ -23,7 +23,7 @@ from tasks.gate.gates import GateConfig, TargetBudget
 from tasks.gate.timing import TimingConfig
 from tasks.intake.data import DatasetConfig
 from tasks.intake.validation import ValidationConfig
-from tasks.search.space import SearchConfig
+from tasks.search.space import SEARCH_PREFIX, SearchConfig
 
 
 class Step(Strict):
@@ -94,11 +94,19 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _search_reference(self) -> Recipe:
+        if self.search is None:
+            return self
         names = [v.name for v in self.variants]
-        if self.search is not None and self.search.reference not in names:
+        if self.search.reference not in names:
             raise ValueError(
                 f"search.reference {self.search.reference!r} is not a variant of the recipe; "
                 f"allowed: {', '.join(names)}"
+            )
+        taken = [n for n in names if n.startswith(SEARCH_PREFIX)]
+        if taken:
+            raise ValueError(
+                f"variant name(s) {', '.join(taken)} start with {SEARCH_PREFIX!r}, which names the "
+                "search's points; allowed: any other name"
             )
         return self
 

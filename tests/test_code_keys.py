@@ -24,7 +24,14 @@ STEP_MODULES = {
     "teacher.finetune": "tasks.demo.teacher",
     "training.teacher_logits": "tasks.compress.training",
 }
-PRUNING = {"prune.heads", "prune.ffn", "prune.layers", "prune.magnitude", "finetune.recover"}
+PRUNING = {
+    "prune.heads",
+    "prune.ffn",
+    "prune.layers",
+    "prune.magnitude",
+    "prune.semi_structured",
+    "finetune.recover",
+}
 CHANGE = "\n_CHANGED_BEHAVIOUR = 1\n"
 
 

@@ -308,3 +308,14 @@ def test_the_demo_search_shares_the_demo_recipes_student_and_data():
     # The first start point is that variant: the same steps, so the search begins from its cache.
     first = Point(**search.search.start[0])
     assert [Step.model_validate(s) for s in point_steps(first, search.search, 6)] == written.steps
+
+
+def test_a_hand_written_variant_may_not_take_the_search_prefix(tmp_path):
+    path = write_tiny_recipe(tmp_path, [{"name": "search-mine", "steps": [{"technique": "export.onnx"}]}])
+    recipe = yaml.safe_load(path.read_text())
+    recipe["search"] = {"reference": "onnx-int8-dynamic"}
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(
+        ConfigError, match=r"variant name\(s\) search-mine start with 'search-', which names the"
+    ):
+        load_recipe(path)

@@ -22,6 +22,7 @@ from tasks.gate.timing import TimingConfig
 Quantization = Literal["int8", "mixed"]
 Objective = Literal["latency", "size"]
 IMPORTANCE_BATCHES = 32  # gradient-importance batches of the pruning steps, as in the demo recipe
+SEARCH_PREFIX = "search-"  # every point's variant name starts with it; hand-written ones may not
 
 
 def _distinct(values: list[Any], field: str) -> list[Any]:
@@ -180,7 +181,7 @@ class Point(Strict):
         """The variant name: readable, and the same for the same point on every night."""
         rank = "full" if self.lowrank_energy is None else f"{round(self.lowrank_energy * 100)}"
         return (
-            f"search-{self.depth}L-ffn{round(self.ffn_keep * 100)}-h{self.heads_to_prune}"
+            f"{SEARCH_PREFIX}{self.depth}L-ffn{round(self.ffn_keep * 100)}-h{self.heads_to_prune}"
             f"-r{rank}-v{self.vocab_min_count}-{self.quantization}"
         )
 
