@@ -174,6 +174,12 @@ def _warn_slow_bf16() -> None:
     log.warning("bf16 requested but this CPU has no AMX or AVX-512 BF16: autocast runs, slowly")
 
 
+def _zero_masks(student: Any) -> list[tuple[Any, Any]]:
+    """(weight, weight != 0) of every dense encoder projection: a sparse model's pattern."""
+    modules = [get_submodule(layer, name) for layer in encoder_layers(student) for name in PROJECTIONS]
+    return [(m.weight, m.weight != 0) for m in modules if not is_low_rank(m)]
+
+
 @dataclass(frozen=True)
 class TeacherLogits:
     """The teacher's logits over the first rows of a split, and the shard artifacts they came from."""
@@ -350,17 +356,7 @@ def train_student(
     schedule = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
     # A sparse model's pattern: re-applied after every optimizer step (AdamW's decay and moments
     # would otherwise move the zeros).
-    masks = (
-        [
-            (weight, weight != 0)
-            for layer in encoder_layers(student)
-            for name in PROJECTIONS
-            if not is_low_rank(module := get_submodule(layer, name))
-            for weight in [module.weight]
-        ]
-        if settings.keep_zeros
-        else []
-    )
+    masks = _zero_masks(student) if settings.keep_zeros else []
     soft_targets = torch.from_numpy(logits).float().to(device) if logits is not None else None
     temperature = settings.temperature
     if reference_model is not None:
