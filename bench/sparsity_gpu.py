@@ -227,30 +227,22 @@ def _accuracy(model_dir: Path, texts: list[str], labels: list[int]) -> tuple[Any
     return values.argmax(axis=1), values
 
 
-def step_accuracy(teacher_dir: Path, split_dir: Path, work: Path, energy: Energy) -> dict[str, Any]:
-    import numpy as np
+def teacher_context(teacher_dir: Path, split_dir: Path, work: Path) -> Any:
+    """The techniques' context on the GPU machine: the demo teacher, which travels in FP16 (the
+    device's upload limit), saved again in FP32 under `work` as the CPU runs it, and the demo split."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     from tasks.compress.technique import TechniqueContext
-    from tasks.compress.techniques.prune import (
-        RecoveryConfig,
-        SemiStructuredConfig,
-        finetune_recover,
-        prune_semi_structured,
-    )
-    from tasks.core.models import ModelRef, load_tokenizer
-    from tasks.gate.gates import paired_bootstrap_drop
-    from tasks.intake.data import load_split
+    from tasks.core.models import ModelRef
 
-    # The teacher travels in FP16 (the device's upload limit); run it in FP32 as the CPU does.
     fp32 = work / "teacher"
     network = AutoModelForSequenceClassification.from_pretrained(teacher_dir, torch_dtype=torch.float32)
     network.save_pretrained(fp32, safe_serialization=True)
     for tokenizer_file in teacher_dir.iterdir():
         if tokenizer_file.name.startswith(("tokenizer", "vocab", "special_tokens")):
             (fp32 / tokenizer_file.name).write_bytes(tokenizer_file.read_bytes())
-    context = TechniqueContext(
+    return TechniqueContext(
         split_dir=split_dir,
         split_key="bench",
         labels=LABELS,
@@ -259,6 +251,25 @@ def step_accuracy(teacher_dir: Path, split_dir: Path, work: Path, energy: Energy
         teacher_key="bench-teacher",
         artifacts_dir=work / "artifacts",
     )
+
+
+def step_accuracy(teacher_dir: Path, split_dir: Path, work: Path, energy: Energy) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tasks.compress.techniques.prune import (
+        RecoveryConfig,
+        SemiStructuredConfig,
+        finetune_recover,
+        prune_semi_structured,
+    )
+    from tasks.core.models import load_tokenizer
+    from tasks.gate.gates import paired_bootstrap_drop
+    from tasks.intake.data import load_split
+
+    context = teacher_context(teacher_dir, split_dir, work)
+    fp32 = context.teacher.path
     evaluation = load_split(split_dir, "eval")
     texts, labels = [e.text for e in evaluation], np.array([e.label for e in evaluation])
     teacher_predictions, _ = _accuracy(fp32, texts, list(labels))
