@@ -36,6 +36,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+from device_bench import main, teacher_context  # noqa: E402
 from engines_gpu import (  # noqa: E402  (the GPU engine benchmark's shape, inputs and timing)
     LABELS,
     MINILM_SHAPE,
@@ -48,7 +49,6 @@ from engines_gpu import (  # noqa: E402  (the GPU engine benchmark's shape, inpu
     make_model,
 )
 
-RESULTS = REPO / "bench" / "results"
 BATCHES = (64, 256)
 ROUNDS = 2
 LOOP_SECONDS = 2.0
@@ -227,32 +227,6 @@ def _accuracy(model_dir: Path, texts: list[str], labels: list[int]) -> tuple[Any
     return values.argmax(axis=1), values
 
 
-def teacher_context(teacher_dir: Path, split_dir: Path, work: Path) -> Any:
-    """The techniques' context on the GPU machine: the demo teacher, which travels in FP16 (the
-    device's upload limit), saved again in FP32 under `work` as the CPU runs it, and the demo split."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from tasks.compress.technique import TechniqueContext
-    from tasks.core.models import ModelRef
-
-    fp32 = work / "teacher"
-    network = AutoModelForSequenceClassification.from_pretrained(teacher_dir, torch_dtype=torch.float32)
-    network.save_pretrained(fp32, safe_serialization=True)
-    for tokenizer_file in teacher_dir.iterdir():
-        if tokenizer_file.name.startswith(("tokenizer", "vocab", "special_tokens")):
-            (fp32 / tokenizer_file.name).write_bytes(tokenizer_file.read_bytes())
-    return TechniqueContext(
-        split_dir=split_dir,
-        split_key="bench",
-        labels=LABELS,
-        max_length=SEQUENCE,
-        teacher=ModelRef(path=fp32, format="hf"),
-        teacher_key="bench-teacher",
-        artifacts_dir=work / "artifacts",
-    )
-
-
 def step_accuracy(teacher_dir: Path, split_dir: Path, work: Path, energy: Energy) -> dict[str, Any]:
     import numpy as np
     import torch
@@ -268,7 +242,7 @@ def step_accuracy(teacher_dir: Path, split_dir: Path, work: Path, energy: Energy
     from tasks.gate.gates import paired_bootstrap_drop
     from tasks.intake.data import load_split
 
-    context = teacher_context(teacher_dir, split_dir, work)
+    context = teacher_context(teacher_dir, split_dir, work, LABELS, SEQUENCE)
     fp32 = context.teacher.path
     evaluation = load_split(split_dir, "eval")
     texts, labels = [e.text for e in evaluation], np.array([e.label for e in evaluation])
@@ -402,29 +376,5 @@ def chart(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, format="png", dpi=120)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run_parser = sub.add_parser("run", help="measure on this machine's GPU and write DIR/sparsity-gpu.json")
-    run_parser.add_argument("--out", type=Path, required=True, help="folder for the JSON")
-    run_parser.add_argument(
-        "--teacher", type=Path, help="the demo teacher's folder (FP16 safetensors and tokenizer)"
-    )
-    run_parser.add_argument("--split", type=Path, help="the demo split's folder (train.jsonl, eval.jsonl)")
-    sub.add_parser("chart", help="table and chart again from bench/results/sparsity-gpu.json")
-    args = parser.parse_args()
-    if args.command == "run":
-        results = run(args)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "sparsity-gpu.json").write_text(json.dumps(results, indent=2) + "\n")
-    else:
-        results = json.loads((RESULTS / "sparsity-gpu.json").read_text())
-        chart(results, RESULTS / "sparsity-gpu.png")
-    print(table(results))
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(__doc__, "sparsity-gpu", run, table, chart, data_required=False))

@@ -7,16 +7,15 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel
 
+from tasks.compress.chain import apply_steps
 from tasks.compress.technique import TechniqueContext
-from tasks.compress.techniques import get_technique
 from tasks.compress.training import TRAINING_LOG_FILE, TrainingLog, read_training_log
-from tasks.core.artifacts import StepResult, run_step
+from tasks.core.artifacts import StepResult
 from tasks.core.errors import CheckpointRefused, ConfigError, DataValidationError, IncompleteRun
-from tasks.core.models import ModelRef, model_size_bytes
+from tasks.core.models import ModelRef
 from tasks.core.settings import Settings
 from tasks.core.version import code_commit
 from tasks.engines.target import resolve_targets
@@ -254,39 +253,17 @@ def check_predictions(recipe: Recipe, evaluation: StepResult, name: str) -> Vali
 def compress(
     settings: Settings, recipe: Recipe, variant: Variant, checkpoint: VerifiedCheckpoint, split: StepResult
 ) -> tuple[ModelRef, list[StepResult]]:
-    """Apply the variant's techniques in order, each a cached step keyed by its input model
-    (and, for techniques that read data, by the split and the teacher checkpoint)."""
-    teacher = ModelRef(path=checkpoint.path, format="hf")
+    """Apply the variant's techniques to the checkpoint, in order (see `apply_steps`)."""
     context = TechniqueContext(
         split_dir=split.path,
         split_key=split.key,
         labels=recipe.dataset.labels,
         max_length=recipe.dataset.max_length,
-        teacher=teacher,
+        teacher=ModelRef(path=checkpoint.path, format="hf"),
         teacher_key=checkpoint.digest,
         artifacts_dir=settings.artifacts_dir,
     )
-    model, key = teacher, checkpoint.digest
-    results = []
-    for step in variant.steps:
-        spec = get_technique(step.technique)
-        config = spec.config.model_validate(step.config)
-        inputs = {"model": key}
-        if spec.uses_data:
-            inputs |= {"split": split.key, "teacher": checkpoint.digest}
-
-        def work(
-            out: Path, source: ModelRef = model, cfg: Any = config, run: Any = spec.run
-        ) -> dict[str, Any]:
-            produced = run(source, cfg, out, context)
-            return {"format": produced.format, "size_bytes": model_size_bytes(out)}
-
-        result = run_step(
-            settings.artifacts_dir, f"technique/{spec.name}", config, inputs, work, code=spec.run.__module__
-        )
-        results.append(result)
-        model, key = ModelRef(path=result.path, format=spec.produces), result.key
-    return model, results
+    return apply_steps([(s.technique, s.config) for s in variant.steps], context)
 
 
 def training_curves(
