@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -178,8 +177,7 @@ def cmd_recipe_check(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     search = ""
     if recipe.search is not None:
-        points = math.prod(len(choices) for choices in recipe.search.space.model_dump().values())
-        search = f", a search of up to {recipe.search.trials} of {points} points"
+        search = f", a search of up to {recipe.search.trials} of {recipe.search.space.size} points"
     print(
         f"ok {args.recipe}: recipe {recipe.name}, {len(recipe.variants)} variants{search}, "
         f"digest {recipe.digest[:12]}"

@@ -143,10 +143,12 @@ def test_the_study_keeps_the_feasible_pareto_front_and_measures_each_point_once(
         return synthetic(p)
 
     record = run_study(config, measure)
-    assert len(record.trials) == 24
-    assert len(measured) == len(set(measured)) <= 12  # the space has 12 points; repeats are answered
+    # The space has 12 points: a budget of 24 distinct points ends when all 12 are measured, once
+    # each; the proposals of points already measured are answered and do not count.
+    assert len(measured) == len(set(measured)) == 12
+    assert record.stopped == "every point of the space measured (12)"
     repeats = [t for t in record.trials if t.duplicate_of is not None]
-    assert len(repeats) == 24 - len(measured)
+    assert len(record.trials) == 12 + len(repeats)
     for t in repeats:
         assert t.duplicate_of is not None and not t.on_front
         assert t.measured == record.trials[t.duplicate_of].measured
@@ -163,7 +165,20 @@ def test_the_study_keeps_the_feasible_pareto_front_and_measures_each_point_once(
     speedups = [record.trial(name).measured.speedup for name in record.front]  # type: ignore[union-attr]
     assert speedups == sorted(speedups, reverse=True)
     assert record.objectives == ["accuracy", "latency", "size"]
-    assert record.stopped == "budget of 24 trials"
+
+
+def test_the_budget_counts_distinct_points_and_repeats_in_a_row_stop_the_search():
+    config = SearchConfig(reference="ref", space=SPACE, trials=5, startup_trials=2, seed=3)
+    record = run_study(config, synthetic)
+    assert sum(t.duplicate_of is None for t in record.trials) == 5
+    assert record.stopped == "budget of 5 points"
+    # A sampler that has converged keeps proposing what it measured: max_repeats ends the search.
+    one = {"depth": [2], "ffn_keep": [0.5, 1.0], "vocab_min_count": [1]}
+    start = [{"depth": 2, "ffn_keep": 0.5, "vocab_min_count": 1}] * 4
+    config = SearchConfig(reference="ref", space=one, trials=2, start=start, max_repeats=2, seed=0)
+    record = run_study(config, synthetic)
+    assert [t.duplicate_of for t in record.trials] == [None, 0, 0, 0]
+    assert record.stopped == "3 proposals in a row of points already measured"
 
 
 def test_start_points_go_first_and_failures_and_limits_are_recorded():
@@ -197,7 +212,7 @@ def test_the_time_limit_stops_new_trials():
         return synthetic(p)
 
     record = run_study(config, slow)
-    assert 1 <= len(record.trials) < 50
+    assert 1 <= len(record.trials) < 12
     assert record.stopped.startswith("time limit of 0.0001 min after")
 
 
@@ -223,12 +238,12 @@ def test_a_search_in_the_nightly_run_registers_its_front_like_any_variant(
     uri = publish(settings, tiny_checkpoint, "nightly/tiny-search")
     summary = run_local(settings, search_recipe(tmp_path / "recipe"), uri)
     record = summary.search
-    assert record is not None and len(record.trials) == 3
+    assert record is not None and record.stopped == "every point of the space measured (2)"
     measured = [t for t in record.trials if t.duplicate_of is None]
-    assert {t.name for t in measured} <= {
-        "search-1L-ffn50-h0-rfull-v1-int8",
+    assert sorted(t.name for t in measured) == [
         "search-1L-ffn100-h0-rfull-v1-int8",
-    }
+        "search-1L-ffn50-h0-rfull-v1-int8",
+    ]
     for trial in measured:
         assert trial.measured is not None and trial.measured.speedup > 0 and trial.measured.size_mb > 0
     # Every measured point has its child run; the front's passing points are rows and versions.
@@ -250,7 +265,8 @@ def test_a_search_in_the_nightly_run_registers_its_front_like_any_variant(
     out = Console(file=io.StringIO(), width=250)
     print_summary(summary, out)
     text = out.file.getvalue()  # type: ignore[attr-defined]
-    assert "search: 3 trials, budget of 3 trials, front " in text and "fastest hand-written variant: " in text
+    trials = f"search: {len(record.trials)} trials, every point of the space measured (2), front "
+    assert trials in text and "fastest hand-written variant: " in text
 
 
 def test_the_nightly_dag_searches_and_registers_the_front(settings, tiny_checkpoint, tmp_path):

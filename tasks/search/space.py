@@ -9,6 +9,7 @@ are ordinary recipe steps, so every artifact a point makes is cached like a hand
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -56,6 +57,11 @@ class SearchSpace(Strict):
     quantization: list[Quantization] = Field(
         ["int8"], min_length=1, description="int8: dynamic INT8 everywhere; mixed: quantize.mixed_precision."
     )
+
+    @property
+    def size(self) -> int:
+        """How many distinct points the space holds."""
+        return math.prod(len(choices) for choices in self.model_dump().values())
 
     @field_validator(
         "depth", "heads_to_prune", "vocab_min_count", "quantization", "lowrank_energy", "ffn_keep"
@@ -115,7 +121,20 @@ class SearchConfig(Strict):
         MixedPrecisionConfig(min_agreement=0.998, max_full_precision=1.0),
         description="quantize.mixed_precision's config for points with quantization: mixed.",
     )
-    trials: int = Field(12, ge=1, le=500, description="Points tried, at most (duplicates count).")
+    trials: int = Field(
+        12,
+        ge=1,
+        le=500,
+        description="Distinct points measured, at most (a point proposed again is answered from its "
+        "first measurement and does not count).",
+    )
+    max_repeats: int = Field(
+        20,
+        ge=0,
+        le=500,
+        description="Proposals in a row of points already measured before the search stops: the "
+        "sampler keeps returning to what it knows once it has converged.",
+    )
     timeout_minutes: float | None = Field(
         None, gt=0, le=24 * 60, description="Stop starting new points after this much wall time."
     )

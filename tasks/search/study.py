@@ -3,10 +3,10 @@
 Optuna's TPE sampler (multi-objective, with constraints) does the proposing: accuracy is always
 maximised, then the recipe's objectives (the p50 speed-up over the reference, the size). The
 gates are constraints: a point that fails one is infeasible, never on the front, and TPE learns
-to avoid its neighbourhood. A point proposed twice is answered from the first measurement (its
-artifacts are cached anyway); a point whose steps fail is recorded with the reason and the
-search goes on. `measure` is the only way the loop touches models, so it runs the same wherever
-the caller measures (a nightly DAG task, `slimline run`, a test on a tiny model).
+to avoid its neighbourhood. A point proposed twice is answered from the first measurement and
+does not count against the budget of distinct points; a point whose steps fail is recorded with
+the reason and the search goes on. `measure` is the only way the loop touches models, so it runs
+the same wherever the caller measures (a nightly DAG task, `slimline run`, a test on a tiny model).
 """
 
 from __future__ import annotations
@@ -91,7 +91,11 @@ def _state(config: SearchConfig, measured: Measured) -> tuple[Literal["passed", 
 
 
 def run_study(config: SearchConfig, measure: Callable[[Point], Measured]) -> SearchRecord:
-    """Try up to `config.trials` points (or until `timeout_minutes`), return every trial and the front."""
+    """Measure up to `config.trials` distinct points, return every trial and the front.
+
+    A point proposed again is answered from its first measurement and told to Optuna like any
+    trial (TPE learns from it) but does not use up the budget; the search also stops at the time
+    limit, once every point of the space is measured, or after `max_repeats` repeats in a row."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -109,28 +113,40 @@ def run_study(config: SearchConfig, measure: Callable[[Point], Measured]) -> Sea
     space = config.space.model_dump()
     started = time.monotonic()
     records: list[TrialRecord] = []
-    stopped = f"budget of {config.trials} trials"
-    for number in range(config.trials):
+    distinct = repeats_in_row = 0
+    stopped = f"budget of {config.trials} points"
+    while distinct < config.trials:
         elapsed = time.monotonic() - started
         if config.timeout_minutes is not None and elapsed >= config.timeout_minutes * 60:
-            stopped = f"time limit of {config.timeout_minutes:g} min after {number} trials"
+            stopped = f"time limit of {config.timeout_minutes:g} min after {distinct} points"
+            break
+        if distinct == config.space.size:
+            stopped = f"every point of the space measured ({distinct})"
+            break
+        if repeats_in_row > config.max_repeats:
+            stopped = f"{repeats_in_row} proposals in a row of points already measured"
             break
         trial = study.ask()
         point = Point(**{name: trial.suggest_categorical(name, choices) for name, choices in space.items()})
-        record = _measure(config, measure, number, point, records)
+        record = _measure(config, measure, len(records), point, records)
         records.append(record)
+        if record.duplicate_of is None:
+            distinct, repeats_in_row = distinct + 1, 0
+        else:
+            repeats_in_row += 1
         if record.measured is None:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         else:
             trial.set_user_attr(CONSTRAINTS, _violations(config, record.measured))
             study.tell(trial, _values(config, record.measured))
         log.info(
-            "search %d/%d %s: %s (%.0f s)",
-            number + 1,
+            "search %d/%d %s: %s (%.0f s)%s",
+            distinct,
             config.trials,
             point.name,
             record.reason,
             record.seconds,
+            "" if record.duplicate_of is None else f", proposed again: answered from #{record.duplicate_of}",
         )
     front = {t.number for t in study.best_trials}  # feasible trials only, when constrained
     on_front = [r for r in records if r.number in front and r.duplicate_of is None and r.state == "passed"]
