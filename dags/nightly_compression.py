@@ -127,14 +127,15 @@ def nightly_compression() -> None:
         results: list[dict[str, Any]], searches: list[dict[str, Any]] | None, checkpoints: list[str]
     ) -> list[dict[str, Any]]:
         from tasks.flow import lineage
-        from tasks.flow.pipeline import Prepared, VariantOutcome, publish
+        from tasks.flow.pipeline import Prepared, VariantDone, VariantOutcome, publish
         from tasks.flow.search import SearchDone
+        from tasks.report.summary import FailedVariant
 
-        by_checkpoint: dict[str, tuple[Prepared, list[VariantOutcome]]] = {}
+        by_checkpoint: dict[str, tuple[Prepared, list[VariantOutcome | FailedVariant]]] = {}
         for item in results:
-            prepared = Prepared.model_validate(item["prepared"])
-            entry = by_checkpoint.setdefault(prepared.parent_run_id, (prepared, []))
-            entry[1].append(VariantOutcome.model_validate(item["outcome"]))
+            variant = VariantDone.model_validate(item)
+            entry = by_checkpoint.setdefault(variant.prepared.parent_run_id, (variant.prepared, []))
+            entry[1].append(variant.outcome)
         # A failed search task leaves `searches` empty: publish then holds back every checkpoint
         # whose recipe has a search, as it does one with an unfinished variant.
         searched = {d.prepared.parent_run_id: d for d in map(SearchDone.model_validate, searches or [])}

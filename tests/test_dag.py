@@ -13,6 +13,7 @@ from tasks.core.errors import OrchestrationError
 from tasks.flow.orchestration import DAGS_DIR, airflow_environment, dags_test
 from tasks.registry.engines import logged_outcomes
 from tasks.release.keys import generate_key_pair
+from tasks.report.html import load_published_summary, report_path
 from tests.tiny import lineage_edges, publish, write_tiny_recipe
 
 PARSE = """
@@ -54,8 +55,18 @@ def test_dag_files_import_without_errors(settings):
     assert parsed["retries"] == 3
 
 
+# A variant whose second technique refuses the first's output: it fails the same way on every try.
+REFUSED_COMBINATION = {
+    "name": "lowrank-then-ffn",
+    "steps": [
+        {"technique": "lowrank.svd", "config": {"energy": 0.5, "targets": "ffn"}},
+        {"technique": "prune.ffn", "config": {"keep_fraction": 0.5}},
+    ],
+}
+
+
 def test_nightly_dag_run_registers_with_lineage_and_is_idempotent(settings, tiny_checkpoint, tmp_path):
-    recipe = write_tiny_recipe(tmp_path / "recipe")
+    recipe = write_tiny_recipe(tmp_path / "recipe", variants=[REFUSED_COMBINATION])
     uri = publish(settings, tiny_checkpoint, "nightly/tiny")
 
     first = dags_test(settings, "nightly_compression", {"recipe": str(recipe), "prefix": "nightly"})
@@ -79,10 +90,21 @@ def test_nightly_dag_run_registers_with_lineage_and_is_idempotent(settings, tiny
         assert parent.info.status == "FINISHED"
     candidate = client.get_model_version_by_alias("tiny-sentiment", "candidate")
     assert str(candidate.version) == "2"
+    # The variant whose technique failed for good is published as failed: a FAILED child run with
+    # the reason, a line in the summary and a section of the report; the other two are registered.
+    summary = load_published_summary(settings, candidate.tags["slimline.parent_run_id"])
+    [failed] = summary.failed
+    assert failed.name == "lowrank-then-ffn" and failed.steps == ["lowrank.svd", "prune.ffn"]
+    assert failed.reason.startswith("TechniqueError: prune.ffn: the feed-forward projections are factorized")
+    assert client.get_run(failed.run_id).info.status == "FAILED"
+    assert client.get_run(failed.run_id).data.tags["slimline.verdict"] == failed.reason
+    assert "lowrank-then-ffn" not in {r.name for r in summary.rows}
+    html = report_path(settings, summary).read_text()
+    assert "<h2>Failed variants</h2>" in html and "prune before factorizing" in html
     assert first.peak_rss_mb > 0 and first.log_path.exists()
     # Every task instance's time, in the order they ran, within the run's own time.
     ran = [t.label for t in first.tasks]
-    assert ran[0] == "discover" and {"run_variant[0]", "run_variant[1]", "publish"} <= set(ran)
+    assert ran[0] == "discover" and {"run_variant[0]", "run_variant[2]", "publish"} <= set(ran)
     assert all(0 <= t.started <= t.ended <= first.seconds for t in first.tasks)
     assert all(a.ended <= b.started for a, b in itertools.pairwise(first.tasks))
     assert sum(t.seconds for t in first.tasks) > 0.5 * first.seconds

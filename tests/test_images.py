@@ -20,7 +20,7 @@ from tasks.core.store import open_store
 from tasks.engines.canary import read_canary
 from tasks.fleet.channel import Channel, DeviceStatus
 from tasks.flow.orchestration import dags_test
-from tasks.flow.pipeline import VariantDone, VariantJob, prepare, run_variant_job
+from tasks.flow.pipeline import VariantDone, VariantJob, VariantOutcome, prepare, run_variant_job
 from tests.fleet_fixtures import (
     FLEET,
     SIMULATED_CPUINFO,
@@ -178,6 +178,7 @@ def test_the_task_image_runs_a_variant_step_with_the_same_artifact_key_as_in_pro
     local_home = tmp_path / "local"
     in_process = run_variant_job(Settings(home=local_home), prepared_in(local_home))
     container, local = in_container.outcome, in_process.outcome
+    assert isinstance(container, VariantOutcome) and isinstance(local, VariantOutcome)
     assert container.steps_computed > 0 and local.steps_computed > 0  # each really ran the step
     assert container.model_key == local.model_key
     assert container.evaluation.key == local.evaluation.key

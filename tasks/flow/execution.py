@@ -25,7 +25,7 @@ from tasks.core.settings import Resources, Settings
 from tasks.engines.target import resolve_targets
 from tasks.flow import lineage
 from tasks.flow.engines import EngineDone, EngineJob
-from tasks.flow.pipeline import VariantDone, VariantJob, load_checked_recipe, logged_recipe
+from tasks.flow.pipeline import VariantDone, VariantJob, VariantOutcome, load_checked_recipe, logged_recipe
 from tasks.intake.data import local_source
 from tasks.recipe import Recipe
 
@@ -126,8 +126,10 @@ def _data_folder(recipe: Recipe) -> list[Path]:
 
 
 def variant_launch(settings: Settings, job: VariantJob) -> Launch:
-    """A variant of a prepared checkpoint; it reads the recipe, its data and the targets."""
+    """A variant of a prepared checkpoint, on the variant pool (a GPU worker trains on its GPU); it
+    reads the recipe, its data and the targets."""
     recipe = load_checked_recipe(job.prepared.recipe_path, job.prepared.recipe_digest)
+    pool = settings.variant_pool
     return _launch(
         settings,
         "variant",
@@ -135,6 +137,9 @@ def variant_launch(settings: Settings, job: VariantJob) -> Launch:
         job,
         [job.prepared.recipe_path.parent, *_data_folder(recipe), settings.targets_dir],
         settings.variant_resources,
+        gpus=pool.gpus,
+        node_selector=pool.node_selector,
+        image=pool.image,
     )
 
 
@@ -168,7 +173,8 @@ def step_done(settings: Settings, step: Step, result: object) -> dict[str, Any]:
     container or pod gave back), with the task's lineage reported as the in-process task does."""
     if step == "variant":
         done = _parsed(VariantDone, result)
-        lineage.variant_compressed(done.prepared, done.outcome)
+        if isinstance(done.outcome, VariantOutcome):  # a failed variant made no model
+            lineage.variant_compressed(done.prepared, done.outcome)
         return done.model_dump(mode="json")
     built = _parsed(EngineDone, result)
     lineage.engine_built(settings, built.outcome)

@@ -35,7 +35,7 @@ from tasks.flow.fleet_release import Conclusion, Published
 from tasks.flow.pipeline import Prepared, VariantOutcome
 from tasks.intake.checkpoints import VerifiedCheckpoint
 from tasks.registry.engines import EngineOutcome, EngineRecord
-from tasks.report.summary import Summary
+from tasks.report.summary import FailedVariant, Summary
 
 ARTIFACTS_NAMESPACE = "slimline://artifacts"
 ENGINES_NAMESPACE = "slimline://engines"
@@ -135,9 +135,11 @@ def variant_compressed(prepared: Prepared, outcome: VariantOutcome) -> None:
     report([checkpoint(prepared.checkpoint), artifact(prepared.split.key)], [artifact(outcome.model_key)])
 
 
-def versions_registered(settings: Settings, summary: Summary, outcomes: Iterable[VariantOutcome]) -> None:
+def versions_registered(
+    settings: Settings, summary: Summary, outcomes: Iterable[VariantOutcome | FailedVariant]
+) -> None:
     """The variants that passed in, the versions registered (or found registered) for them out."""
-    keys = {o.variant: o.model_key for o in outcomes}
+    keys = {o.variant: o.model_key for o in outcomes if isinstance(o, VariantOutcome)}
     rows = [row for row in summary.rows if row.version]
     report(
         [artifact(keys[row.name]) for row in rows],

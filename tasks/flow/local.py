@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tasks.core.locks import run_lock
 from tasks.core.settings import Settings
-from tasks.flow.pipeline import fetch_checkpoint, load_checked_recipe, prepare, publish, run_variant
+from tasks.flow.pipeline import attempt_variant, fetch_checkpoint, load_checked_recipe, prepare, publish
 from tasks.flow.search import run_search
 from tasks.recipe import load_recipe
 from tasks.registry import tracking
@@ -31,6 +31,6 @@ def run_local(settings: Settings, recipe_path: Path, checkpoint_uri: str) -> Sum
             settings, recipe_path, checkpoint_uri, label or f"{LOCAL_LABEL}{uuid.uuid4().hex[:12]}"
         )
         recipe = load_checked_recipe(prepared.recipe_path, prepared.recipe_digest)
-        outcomes = [run_variant(settings, prepared, v) for v in recipe.variants]
+        finished = [attempt_variant(settings, prepared, v) for v in recipe.variants]
         searched = run_search(settings, prepared)
-        return publish(settings, prepared, outcomes + searched.outcomes, searched.record)
+        return publish(settings, prepared, [*finished, *searched.outcomes], searched.record)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -14,7 +16,13 @@ from tasks.compress.chain import apply_steps
 from tasks.compress.technique import TechniqueContext
 from tasks.compress.training import TRAINING_LOG_FILE, TrainingLog, read_training_log
 from tasks.core.artifacts import StepResult
-from tasks.core.errors import CheckpointRefused, ConfigError, DataValidationError, IncompleteRun
+from tasks.core.errors import (
+    CheckpointRefused,
+    ConfigError,
+    DataValidationError,
+    IncompleteRun,
+    TechniqueError,
+)
 from tasks.core.models import ModelRef
 from tasks.core.settings import Settings
 from tasks.core.version import code_commit
@@ -55,7 +63,7 @@ from tasks.registry.versions import (
     version_key,
 )
 from tasks.report.html import write_report
-from tasks.report.summary import Row, Summary
+from tasks.report.summary import FailedVariant, Row, Summary
 from tasks.search.study import SearchRecord
 
 log = logging.getLogger(__name__)
@@ -413,8 +421,7 @@ def run_variant(
         recipe,
         prepared.parent_run_id,
         variant.name,
-        params={"steps": " > ".join(steps)}
-        | {f"step{i}.{s.technique}": s.config for i, s in enumerate(variant.steps)},
+        params=_variant_params(variant),
         metrics={
             "accuracy": metrics.accuracy,
             "accuracy_drop_pts": verdict.accuracy_drop.point,
@@ -463,32 +470,72 @@ def run_variant(
     )
 
 
+def _variant_params(variant: Variant) -> dict[str, Any]:
+    return {"steps": " > ".join(s.technique for s in variant.steps)} | {
+        f"step{i}.{s.technique}": s.config for i, s in enumerate(variant.steps)
+    }
+
+
+def attempt_variant(
+    settings: Settings, prepared: Prepared, variant: Variant
+) -> VariantOutcome | FailedVariant:
+    """`run_variant`, where a technique that fails for good (TechniqueError: a mixed precision that
+    cannot reach its agreement, a combination a technique refuses) fails this variant alone: it is
+    logged as a FAILED child run with the reason and published as failed, and the checkpoint's
+    other variants still publish. Any other error propagates: a transient one is retried, and an
+    unfinished variant holds the checkpoint back (IncompleteRun)."""
+    try:
+        return run_variant(settings, prepared, variant)
+    except TechniqueError as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        log.warning("variant %s failed: %s", variant.name, reason)
+        recipe = load_checked_recipe(prepared.recipe_path, prepared.recipe_digest)
+        run_id = tracking.log_variant_run(
+            settings,
+            recipe,
+            prepared.parent_run_id,
+            variant.name,
+            params=_variant_params(variant),
+            metrics={},
+            tags={"passed": False, "verdict": reason[:5000]},
+            artifacts={},
+            status="FAILED",
+        )
+        steps = [s.technique for s in variant.steps]
+        return FailedVariant(name=variant.name, steps=steps, reason=reason, run_id=run_id)
+
+
 class VariantDone(BaseModel):
-    """What a variant's task returns: its job's prepared checkpoint and the outcome."""
+    """What a variant's task returns: its job's prepared checkpoint and the outcome (or failure)."""
 
     prepared: Prepared
-    outcome: VariantOutcome
+    outcome: VariantOutcome | FailedVariant
 
 
 def run_variant_job(settings: Settings, job: VariantJob) -> VariantDone:
     """A variant task's work, the same in-process, in a container or in a pod (`slimline step variant`)."""
     recipe = load_checked_recipe(job.prepared.recipe_path, job.prepared.recipe_digest)
-    outcome = run_variant(settings, job.prepared, recipe.variant(job.variant))
+    outcome = attempt_variant(settings, job.prepared, recipe.variant(job.variant))
     return VariantDone(prepared=job.prepared, outcome=outcome)
 
 
 def publish(
     settings: Settings,
     prepared: Prepared,
-    outcomes: list[VariantOutcome],
+    finished: Sequence[VariantOutcome | FailedVariant],
     search: SearchRecord | None = None,
 ) -> Summary:
     """Time the passing variants (the recipe's and the search's front) and the baseline side by
     side, judge latency budgets on that timing, register the variants still passing (the candidate
     last, so the newest version is the candidate), move the `candidate` alias to it, and close the
-    parent run with a summary. A recipe's search must have finished (`search`) like its variants."""
+    parent run with a summary listing the variants that failed. Every variant of the recipe must
+    have finished, measured or failed, and a recipe's search too (`search`)."""
     recipe = load_checked_recipe(prepared.recipe_path, prepared.recipe_digest)
-    missing = sorted({v.name for v in recipe.variants} - {o.variant for o in outcomes})
+    outcomes = [o for o in finished if isinstance(o, VariantOutcome)]
+    failed = [o for o in finished if isinstance(o, FailedVariant)]
+    missing = sorted(
+        {v.name for v in recipe.variants} - {o.variant for o in outcomes} - {f.name for f in failed}
+    )
     if recipe.search is not None and search is None:
         missing.append("the search")
     if missing:
@@ -597,6 +644,7 @@ def publish(
         steps_reused=prepared.steps_reused + sum(o.steps_reused for o in outcomes) + timing_reused,
         refused=refusals(settings),
         search=search,
+        failed=failed,
     )
     validation = ValidationReport(
         suites=[*prepared.validation.suites, *(s for o in outcomes for s in o.validation.suites)]
@@ -611,6 +659,7 @@ def publish(
             "status": "published",
             "candidate_version": candidate or "none",
             "new_versions": ",".join(new_versions) or "none",
+            "failed_variants": ",".join(f.name for f in failed) or "none",
         },
     )
     return summary

@@ -11,7 +11,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
@@ -131,16 +131,18 @@ def log_variant_run(
     artifacts: dict[str, Path],
     curves: dict[str, list[tuple[int, float]]] | None = None,
     json_artifacts: dict[str, dict[str, Any]] | None = None,
+    status: Literal["FINISHED", "FAILED"] = "FINISHED",
 ) -> str:
-    """A finished child run for one variant: params, metrics, verdict tags, manifests and
-    predictions, and `curves` (metric name → (step, value) points, e.g. training losses) as
-    stepped metrics. A retried task finds the child it already logged; a child left RUNNING by a
-    task that died while logging it is ended KILLED, and a new one logged."""
+    """A child run for one variant, ended `status` (FAILED: its technique failed for good): params,
+    metrics, verdict tags, manifests and predictions, and `curves` (metric name → (step, value)
+    points, e.g. training losses) as stepped metrics. A retried task finds the child it already
+    logged; a child left RUNNING by a task that died while logging it is ended KILLED, and a new one
+    logged."""
     mlflow = client(settings)
     experiment = experiment_id(mlflow, settings, recipe)
     key = {"parent_run_id": parent_run_id, "variant": variant, "kind": "variant"}
     earlier = _find_runs(mlflow, experiment, key)
-    finished = [r for r in earlier if r.info.status == "FINISHED"]
+    finished = [r for r in earlier if r.info.status == status]
     if finished:
         return str(finished[0].info.run_id)
     for dead in (r for r in earlier if r.info.status == "RUNNING"):
@@ -166,7 +168,7 @@ def log_variant_run(
         mlflow.log_artifact(run_id, str(local), artifact_path)
     for name, payload in (json_artifacts or {}).items():
         log_json(settings, run_id, name, payload)
-    mlflow.set_terminated(run_id, "FINISHED")
+    mlflow.set_terminated(run_id, status)
     return run_id
 
 

@@ -194,6 +194,8 @@ def print_summary(summary: Summary, out: Console | None = None) -> None:
         out.print(search_table(summary.search))
         out.print(search_comparison(summary))
     out.print(versions_text(summary))
+    for failure in summary.failed:
+        out.print(f"failed: {failure.name}: {failure.reason}", markup=False, highlight=False)
     for refusal in summary.refused:
         out.print(f"refused: {refusal.reason}", markup=False, highlight=False)
 

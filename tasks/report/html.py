@@ -187,7 +187,7 @@ def _search(summary: Summary) -> str:
         [
             "<h2>Search under the gates</h2>",
             f"<p>{len(record.trials)} trials ({measured} points measured, the others proposed again and "
-            f"answered from their first measurement), stopped at the {escape(record.stopped)}, "
+            f"answered from their first measurement and not counted); stopped: {escape(record.stopped)}, "
             f"{record.seconds:.0f} s; {escape(record.sampler)}. Objectives: "
             f"{escape(', '.join(OBJECTIVE_TEXT[o] for o in record.objectives))}; every point timed side by "
             f"side with <code>{escape(record.reference)}</code>; the gates are constraints. The feasible "
@@ -268,6 +268,22 @@ def _lineage(summary: Summary) -> str:
     return "\n".join(parts)
 
 
+def _failed(summary: Summary) -> str:
+    """Variants whose technique failed for good: nothing measured or registered, the others published."""
+    if not summary.failed:
+        return ""
+    rows = [
+        [td(f.name), td(" › ".join(f.steps)), td(f.reason), f"<td><code>{escape(f.run_id)}</code></td>"]
+        for f in summary.failed
+    ]
+    note = (
+        "<p>A technique refused its input or could not reach its target, which fails the same way on "
+        "every try: the variant is recorded with the reason and not registered, and the checkpoint's "
+        "other variants are published.</p>"
+    )
+    return "<h2>Failed variants</h2>\n" + table(["variant", "steps", "reason", "MLflow run"], rows) + note
+
+
 def _refused(summary: Summary) -> str:
     """Checkpoints refused before any compute, with the reason: not retried until they change."""
     if not summary.refused:
@@ -321,6 +337,7 @@ def render_html(
         [
             _header(summary, started),
             _variants(summary),
+            _failed(summary),
             _timing(summary),
             _chart(summary),
             _search(summary),

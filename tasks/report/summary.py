@@ -31,6 +31,16 @@ class Row(BaseModel):
         return {None: "baseline", True: "pass", False: "FAIL"}[self.passed]
 
 
+class FailedVariant(BaseModel):
+    """A variant whose technique failed for good (the same input fails the same way on every try):
+    not measured and not registered, while the checkpoint's other variants still publish."""
+
+    name: str
+    steps: list[str]
+    reason: str
+    run_id: str  # its child run, ended FAILED
+
+
 class Summary(BaseModel):
     recipe: str
     recipe_digest: str
@@ -49,3 +59,4 @@ class Summary(BaseModel):
     steps_reused: int
     refused: list[Refusal] = []  # checkpoints in this home refused so far, each with its reason
     search: SearchRecord | None = None  # the recipe's search under the gates, when it has one
+    failed: list[FailedVariant] = []  # variants whose technique failed for good, with the reason
