@@ -200,6 +200,7 @@ bench-charts: env
 	$(BIN)/python bench/compression.py --name search --chart
 	$(BIN)/python bench/sparsity_gpu.py chart
 	$(BIN)/python bench/student_budget.py chart
+	$(BIN)/python bench/nightly_gpu.py chart
 	$(BIN)/python bench/engines_cpu.py --chart
 	$(BIN)/python bench/agent_footprint.py --chart
 	$(BIN)/python bench/fleet.py --chart

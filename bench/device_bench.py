@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tasks.compress.technique import TechniqueContext
+    from tasks.core.models import ModelRef
+    from tasks.gate.gates import GateConfig
+    from tasks.recipe import Recipe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -41,6 +45,66 @@ def teacher_context(
         teacher_key="bench-teacher",
         artifacts_dir=work / "artifacts",
     )
+
+
+class Judge:
+    """Models judged as the gates judge them: predictions on the evaluation tweets (ONNX Runtime on
+    the CPU for ONNX models), accuracy, agreement with the teacher and the paired bootstrap interval
+    of the accuracy drop with the recipe's gate settings."""
+
+    def __init__(self, context: TechniqueContext, split_dir: Path, gates: GateConfig) -> None:
+        import numpy as np
+
+        from tasks.intake.data import load_split
+
+        self.context, self.gates = context, gates
+        evaluation = load_split(split_dir, "eval")
+        self.texts = [e.text for e in evaluation]
+        self.labels = np.array([e.label for e in evaluation])
+        self.teacher = self.predict(context.teacher)
+        self.teacher_accuracy = float((self.teacher == self.labels).mean())
+
+    def predict(self, model: ModelRef) -> Any:
+        from tasks.core.inference import Encoder, batched_logits, load_predictor
+
+        encoder = Encoder(model.path, self.context.max_length)
+        return batched_logits(load_predictor(model), encoder, self.texts, 64).argmax(axis=1)
+
+    def __call__(self, model: ModelRef) -> dict[str, Any]:
+        from tasks.gate.gates import paired_bootstrap_drop
+
+        predictions = self.predict(model)
+        g = self.gates
+        drop = paired_bootstrap_drop(
+            self.labels, self.teacher, predictions, g.bootstrap_resamples, g.confidence, g.seed
+        )
+        return {
+            "accuracy": float((predictions == self.labels).mean()),
+            "agreement": float((predictions == self.teacher).mean()),
+            "drop_pts": drop.model_dump(),
+        }
+
+
+def machine() -> dict[str, Any]:
+    """The GPU and the library versions a GPU benchmark's results name."""
+    import onnxruntime
+    import torch
+
+    return {
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_cores": len(os.sched_getaffinity(0)),  # the CPUs the run was held to (taskset)
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def judged_context(args: argparse.Namespace, recipe: Recipe, work: Path) -> tuple[TechniqueContext, Judge]:
+    """The techniques' context on the carried teacher and split (`run --teacher T --split S`), and the
+    judge of the recipe's gates."""
+    context = teacher_context(
+        args.teacher, args.split, work, recipe.dataset.labels, recipe.dataset.max_length
+    )
+    return context, Judge(context, args.split, recipe.gates)
 
 
 def main(

@@ -32,7 +32,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from device_bench import main, teacher_context  # noqa: E402
+from device_bench import judged_context, machine, main  # noqa: E402
 
 RECIPES = REPO / "recipes"
 NIGHTLY_VARIANT = "distilled-3L-ffn-vocab-int8"
@@ -105,66 +105,39 @@ def shape_label(shape: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
-    import onnxruntime
-    import torch
-
     from tasks.compress.chain import apply_steps
-    from tasks.core.inference import Encoder, batched_logits, load_predictor
     from tasks.core.models import model_size_bytes
-    from tasks.gate.gates import paired_bootstrap_drop
-    from tasks.intake.data import load_split
     from tasks.recipe import load_recipe
 
     recipe = load_recipe(RECIPES / "minilm-sentiment-search.yaml")
-    gates = recipe.gates
     results: dict[str, Any] = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__,
-        },
+        "machine": machine(),
         "evaluation": "ONNX Runtime INT8 on the CPU, the evaluation tweets, batches of 64",
-        "gate_upper_pts": gates.max_accuracy_drop,
+        "gate_upper_pts": recipe.gates.max_accuracy_drop,
         "rows": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        context = teacher_context(
-            args.teacher, args.split, work, recipe.dataset.labels, recipe.dataset.max_length
-        )
-        evaluation = load_split(args.split, "eval")
-        texts, labels = [e.text for e in evaluation], np.array([e.label for e in evaluation])
-
-        def predict(model: Any) -> Any:
-            encoder = Encoder(model.path, context.max_length)
-            return batched_logits(load_predictor(model), encoder, texts, 64).argmax(axis=1)
-
-        teacher = predict(context.teacher)
-        results["teacher_accuracy"] = float((teacher == labels).mean())
+        context, judge = judged_context(args, recipe, Path(tmp))
+        results["teacher_accuracy"] = judge.teacher_accuracy
         for training, student, recover, shape, seed in ROWS:
             steps = row_steps(training, student, recover, shape, seed)
             model, produced = apply_steps([(s["technique"], s["config"]) for s in steps], context)
-            predictions = predict(model)
-            drop = paired_bootstrap_drop(
-                labels, teacher, predictions, gates.bootstrap_resamples, gates.confidence, gates.seed
-            )
+            judged = judge(model)
             measured = {
                 "name": training,
                 "shape": shape_label(shape),
                 "seed": seed,
                 "steps": steps,
-                "accuracy": float((predictions == labels).mean()),
-                "agreement": float((predictions == teacher).mean()),
-                "drop_pts": drop.model_dump(),
+                **judged,
                 "size_mb": round(model_size_bytes(model.path) / 1e6, 2),
                 "new_step_seconds": round(sum(r.manifest.seconds for r in produced if not r.reused), 1),
             }
             results["rows"].append(measured)
+            drop = judged["drop_pts"]
             print(
-                f"{training} [{measured['shape']}, seed {seed}]: {measured['accuracy']:.4f}, "
-                f"drop {drop.point:+.2f} [{drop.low:+.2f}, {drop.high:+.2f}]",
+                f"{training} [{measured['shape']}, seed {seed}]: {judged['accuracy']:.4f}, "
+                f"drop {drop['point']:+.2f} [{drop['low']:+.2f}, {drop['high']:+.2f}]",
                 flush=True,
             )
     return results

@@ -79,6 +79,20 @@ def test_a_variant_launch_shares_the_state_and_reads_the_recipe(
     assert (launch.gpus, launch.node_selector) == (0, {})
 
 
+def test_a_variant_pool_puts_variant_steps_on_a_gpu_worker(
+    settings: Settings, variant_job: VariantJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = {"gpus": 1, "node_selector": {"pool": "gpu"}, "image": "registry/slimline-gpu-worker:0.1.0"}
+    monkeypatch.setenv("SLIMLINE_VARIANT_POOL", json.dumps(pool))
+    configured = settings.model_copy(update={"variant_pool": Settings().variant_pool})
+    launch = variant_launch(configured, variant_job)
+    assert (launch.gpus, launch.node_selector, launch.image) == (1, {"pool": "gpu"}, pool["image"])
+    assert json.loads(launch.environment["SLIMLINE_VARIANT_POOL"]) == pool
+    monkeypatch.setenv("SLIMLINE_VARIANT_POOL", '{"gpus": -1}')
+    with pytest.raises(ValueError, match="gpus"):
+        Settings()
+
+
 def test_an_engine_launch_takes_the_target_build_pool(settings: Settings, tmp_path: Path) -> None:
     gpu = engine_launch(settings, engine_job(settings, "h100", tmp_path))
     assert gpu.gpus == 1

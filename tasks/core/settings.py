@@ -27,6 +27,16 @@ class Resources(BaseModel):
     )
 
 
+class StepPool(BaseModel):
+    """Where a step's container or pod runs: the nodes (labels), the GPUs it takes and its image."""
+
+    model_config = {"extra": "forbid"}
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels of the pool.")
+    gpus: int = Field(default=0, ge=0, le=16, description="GPUs the step takes (nvidia.com/gpu).")
+    image: str = Field(default="", description="The step's image; empty: the task image.")
+
+
 Execution = Literal["inprocess", "container", "kubernetes"]
 
 
@@ -185,6 +195,12 @@ class Settings(BaseSettings):
         default_factory=Resources,
         description='What a variant step asks for, as JSON: {"cpu": "2", "memory": "8Gi"}.',
     )
+    variant_pool: StepPool = Field(
+        default_factory=StepPool,
+        description='Where variant steps run, as JSON: {"gpus": 1, "node_selector": {...}, "image": '
+        '"REGISTRY/slimline-gpu-worker:VERSION"} puts their training on a GPU worker (it trains on '
+        "CUDA whenever torch sees a GPU); default: the task image on any node, no GPU.",
+    )
     engine_resources: Resources = Field(
         default_factory=lambda: Resources(cpu="2", memory="4Gi"),
         description="What an engine build asks for (GPUs and node pools come from the target file).",
@@ -295,6 +311,7 @@ class Settings(BaseSettings):
             "SLIMLINE_KUBERNETES_NAMESPACE": self.kubernetes_namespace,
             "SLIMLINE_KUBERNETES_HOME_CLAIM": self.kubernetes_home_claim,
             "SLIMLINE_VARIANT_RESOURCES": self.variant_resources.model_dump_json(),
+            "SLIMLINE_VARIANT_POOL": self.variant_pool.model_dump_json(),
             "SLIMLINE_ENGINE_RESOURCES": self.engine_resources.model_dump_json(),
         }
         if self.s3_endpoint_url:
