@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,17 @@ def run_demo(label: str, work: Path, teacher_home: Path, recipe: Path) -> Path:
     return home
 
 
+def step_times(artifacts: Path, skip: Collection[str] = ()) -> dict[str, dict[str, float]]:
+    """Each step's artifacts computed under `artifacts`, from their manifests: how many, and their
+    seconds together (steps in `skip` were made before the run)."""
+    steps: dict[str, list[float]] = defaultdict(list)
+    for manifest in sorted(artifacts.glob("*/*/manifest.json")):
+        found = json.loads(manifest.read_text())
+        if found["step"] not in skip:
+            steps[found["step"]].append(found["seconds"])
+    return {step: {"count": len(s), "seconds": round(sum(s), 1)} for step, s in sorted(steps.items())}
+
+
 def record(label: str, home: Path) -> dict[str, Any]:
     """One run's entry, from the demo's JSON, its DAG log and the artifacts it computed."""
     from tasks.core.version import code_commit
@@ -67,11 +79,6 @@ def record(label: str, home: Path) -> dict[str, Any]:
     for task in task_times(Path(dag_run["log_path"])):
         variant = variants[task.map_index] if task.task == "run_variant" else None
         tasks.append({"task": task.label, "variant": variant, "seconds": task.seconds})
-    steps: dict[str, list[float]] = defaultdict(list)
-    for manifest in sorted((home / "artifacts").glob("*/*/manifest.json")):
-        found = json.loads(manifest.read_text())
-        if found["step"] not in CACHED_STEPS:
-            steps[found["step"]].append(found["seconds"])
     timing = {m["name"]: m for m in (summary.get("timing") or {}).get("models", [])}
     rows = []
     for row in summary["rows"]:
@@ -98,7 +105,7 @@ def record(label: str, home: Path) -> dict[str, Any]:
         ),
         "candidate_reason": summary.get("candidate_reason", ""),
         "tasks": tasks,
-        "steps": {step: {"count": len(s), "seconds": round(sum(s), 1)} for step, s in sorted(steps.items())},
+        "steps": step_times(home / "artifacts", skip=CACHED_STEPS),
         "variants": rows,
     }
 

@@ -22,7 +22,6 @@ import json
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 from device_bench import RESULTS, judged_context, machine, main  # noqa: E402
+from nightly import step_times  # noqa: E402
 
 RECIPE = REPO / "recipes" / "minilm-sentiment.yaml"
 LOGITS = "teacher.logits"  # the teacher's logit shards, computed inside the training steps
@@ -52,19 +52,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "gate_upper_pts": recipe.gates.max_accuracy_drop,
         "variants": [],
     }
-    steps: dict[str, dict[str, float]] = defaultdict(lambda: {"count": 0, "seconds": 0.0})
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         context, judge = judged_context(args, recipe, work)
         results["teacher_accuracy"] = judge.teacher_accuracy
         for variant in recipe.variants:
             started = time.perf_counter()
-            model, produced = apply_steps([(s.technique, s.config) for s in variant.steps], context)
+            model, _ = apply_steps([(s.technique, s.config) for s in variant.steps], context)
             seconds = time.perf_counter() - started
-            for result in produced:
-                if not result.reused:
-                    steps[result.manifest.step]["count"] += 1
-                    steps[result.manifest.step]["seconds"] += result.manifest.seconds
             judged = judge(model)
             results["variants"].append(
                 {
@@ -80,12 +75,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"drop {drop['point']:+.2f} [{drop['low']:+.2f}, {drop['high']:+.2f}]",
                 flush=True,
             )
-        for manifest in (work / "artifacts" / LOGITS).glob("*/manifest.json"):
-            steps[LOGITS]["count"] += 1
-            steps[LOGITS]["seconds"] += json.loads(manifest.read_text())["seconds"]
-    results["steps"] = {
-        name: {"count": int(v["count"]), "seconds": round(v["seconds"], 1)} for name, v in steps.items()
-    }
+        # Every artifact under `work` was computed here: the techniques' and the teacher's logits.
+        results["steps"] = step_times(work / "artifacts")
     results["steps_wall_seconds"] = round(sum(v["steps_wall_seconds"] for v in results["variants"]), 1)
     return results
 
@@ -105,9 +96,10 @@ def gpu_label(results: dict[str, Any]) -> str:
     return f"GPU worker: {machine['gpu']} and {machine['cpu_cores']} CPU cores"
 
 
-def step_rows(results: dict[str, Any]) -> list[tuple[str, list[float | None]]]:
+def step_rows(
+    results: dict[str, Any], nights: dict[str, dict[str, Any]]
+) -> list[tuple[str, list[float | None]]]:
     """Each technique step (and the teacher's logits within them): seconds in each CPU night, then here."""
-    nights = cpu_nights()
     names = sorted(results["steps"], key=lambda n: (n == LOGITS, n))
     return [
         (
@@ -128,7 +120,7 @@ def table(results: dict[str, Any]) -> str:
         "| step | " + " | ".join(heads) + " |",
         "| --- |" + " ---: |" * len(heads),
     ]
-    for name, seconds in step_rows(results):
+    for name, seconds in step_rows(results, nights):
         cells = ["—" if s is None else f"{s:.1f} s" for s in seconds]
         shown = f"{name} (inside the training steps)" if name == LOGITS else name
         lines.append(f"| {shown} | " + " | ".join(cells) + " |")
@@ -172,7 +164,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     from matplotlib.figure import Figure
 
     nights = cpu_nights()
-    rows = step_rows(results)
+    rows = step_rows(results, nights)
     labels = [*(night_label(n) for n in nights.values()), gpu_label(results)]
     fig = Figure(figsize=(9, 0.5 * len(rows) + 1.8))
     FigureCanvasAgg(fig)

@@ -241,7 +241,9 @@ def step_accuracy(teacher_dir: Path, split_dir: Path, work: Path, energy: Energy
     from tasks.core.models import load_tokenizer
     from tasks.gate.gates import paired_bootstrap_drop
     from tasks.intake.data import load_split
+    from tasks.recipe import load_recipe
 
+    gates = load_recipe(REPO / "recipes" / "minilm-sentiment.yaml").gates  # the demo recipe's interval
     context = teacher_context(teacher_dir, split_dir, work, LABELS, SEQUENCE)
     fp32 = context.teacher.path
     evaluation = load_split(split_dir, "eval")
@@ -259,7 +261,9 @@ def step_accuracy(teacher_dir: Path, split_dir: Path, work: Path, energy: Energy
     rows: dict[str, Any] = {"teacher": {"accuracy": float((teacher_predictions == labels).mean())}}
     for name, folder in (("2:4 pruned", pruned.path), ("2:4 pruned, recovered", recovered.path)):
         predictions, _ = _accuracy(folder, texts, list(labels))
-        drop = paired_bootstrap_drop(labels, teacher_predictions, predictions, 2000, 0.95, 0)
+        drop = paired_bootstrap_drop(
+            labels, teacher_predictions, predictions, gates.bootstrap_resamples, gates.confidence, gates.seed
+        )
         rows[name] = {
             "accuracy": float((predictions == labels).mean()),
             "drop_pts": drop.model_dump(),

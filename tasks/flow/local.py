@@ -31,6 +31,6 @@ def run_local(settings: Settings, recipe_path: Path, checkpoint_uri: str) -> Sum
             settings, recipe_path, checkpoint_uri, label or f"{LOCAL_LABEL}{uuid.uuid4().hex[:12]}"
         )
         recipe = load_checked_recipe(prepared.recipe_path, prepared.recipe_digest)
-        finished = [attempt_variant(settings, prepared, v) for v in recipe.variants]
+        finished = [attempt_variant(settings, prepared, recipe, v) for v in recipe.variants]
         searched = run_search(settings, prepared)
         return publish(settings, prepared, [*finished, *searched.outcomes], searched.record)

@@ -477,7 +477,7 @@ def _variant_params(variant: Variant) -> dict[str, Any]:
 
 
 def attempt_variant(
-    settings: Settings, prepared: Prepared, variant: Variant
+    settings: Settings, prepared: Prepared, recipe: Recipe, variant: Variant
 ) -> VariantOutcome | FailedVariant:
     """`run_variant`, where a technique that fails for good (TechniqueError: a mixed precision that
     cannot reach its agreement, a combination a technique refuses) fails this variant alone: it is
@@ -489,7 +489,6 @@ def attempt_variant(
     except TechniqueError as exc:
         reason = f"{type(exc).__name__}: {exc}"
         log.warning("variant %s failed: %s", variant.name, reason)
-        recipe = load_checked_recipe(prepared.recipe_path, prepared.recipe_digest)
         run_id = tracking.log_variant_run(
             settings,
             recipe,
@@ -515,7 +514,7 @@ class VariantDone(BaseModel):
 def run_variant_job(settings: Settings, job: VariantJob) -> VariantDone:
     """A variant task's work, the same in-process, in a container or in a pod (`slimline step variant`)."""
     recipe = load_checked_recipe(job.prepared.recipe_path, job.prepared.recipe_digest)
-    outcome = attempt_variant(settings, job.prepared, recipe.variant(job.variant))
+    outcome = attempt_variant(settings, job.prepared, recipe, recipe.variant(job.variant))
     return VariantDone(prepared=job.prepared, outcome=outcome)
 
 

@@ -114,13 +114,14 @@ def run_study(config: SearchConfig, measure: Callable[[Point], Measured]) -> Sea
     started = time.monotonic()
     records: list[TrialRecord] = []
     distinct = repeats_in_row = 0
+    space_size = config.space.size
     stopped = f"budget of {config.trials} points"
     while distinct < config.trials:
         elapsed = time.monotonic() - started
         if config.timeout_minutes is not None and elapsed >= config.timeout_minutes * 60:
             stopped = f"time limit of {config.timeout_minutes:g} min after {distinct} points"
             break
-        if distinct == config.space.size:
+        if distinct == space_size:
             stopped = f"every point of the space measured ({distinct})"
             break
         if repeats_in_row > config.max_repeats:
